@@ -1,0 +1,48 @@
+"""The Typer application every command module registers on, and the error boundary."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from functools import wraps
+from typing import ParamSpec, TypeVar
+
+import typer
+
+from orchestrator.errors import AdSandboxError
+
+app = typer.Typer(
+    name="ad-sandbox",
+    no_args_is_help=True,
+    add_completion=False,
+    help="Callable Claude Code agents, one Docker container per run.",
+    pretty_exceptions_enable=False,
+)
+image_app = typer.Typer(no_args_is_help=True, help="Build and inspect the agent images.")
+app.add_typer(image_app, name="image")
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def fail(message: str, code: int = 2) -> typer.Exit:
+    """Print ``message`` to stderr; return the Exit to raise."""
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code)
+
+
+def handles_errors(func: Callable[P, R]) -> Callable[P, R]:
+    """Turn an :class:`AdSandboxError` into a one-line stderr message and its exit code."""
+
+    @wraps(func)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return func(*args, **kwargs)
+        except AdSandboxError as exc:
+            raise fail(exc.one_line(), exc.exit_code) from None
+
+    return wrapper
+
+
+def out(text: str) -> None:
+    sys.stdout.write(text + ("" if text.endswith("\n") else "\n"))

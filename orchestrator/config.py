@@ -1,0 +1,212 @@
+"""Configuration models (SPEC §3): frozen, unknown keys rejected, validated once at load.
+
+Loading from a file, line numbers in errors, snapshots and atomic writes live in
+:mod:`orchestrator.configfile`.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+NAME_PATTERN = r"^[a-zA-Z0-9][a-zA-Z0-9_-]{0,62}$"
+"""Agent and group names become container and volume names."""
+SECRET_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,127}$"
+_SIZE = re.compile(r"^(\d+(?:\.\d+)?)([kmg]?)b?$", re.IGNORECASE)
+_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+
+PermissionMode = Literal["acceptEdits", "auto", "bypassPermissions", "manual", "dontAsk", "plan"]
+Egress = Literal["gateway-only", "allowlist", "open"]
+Mount = Literal["rw", "ro"]
+
+
+def parse_size(value: str) -> int:
+    """``"2g"`` → bytes. Raises ValueError with the accepted form."""
+    match = _SIZE.match(value.strip())
+    if not match:
+        raise ValueError(f"{value!r} is not a size; use a number with k, m or g, like 512m or 2g")
+    return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class EnvSource(_Frozen):
+    """Read the value from an environment variable of the orchestrator."""
+
+    env: str = Field(min_length=1)
+
+
+class FileSource(_Frozen):
+    """Read the value from a file on the orchestrator's host."""
+
+    file: str = Field(min_length=1)
+
+
+SecretSource = EnvSource | FileSource
+
+
+class Budget(_Frozen):
+    per_run: Annotated[float, Field(ge=0)] = 1.00
+    per_root: Annotated[float, Field(ge=0)] = 5.00
+    daily: Annotated[float, Field(ge=0)] = 50.00
+
+
+class CacheSettings(_Frozen):
+    enabled: bool = True
+    ttl: Annotated[int, Field(ge=0)] = 300
+
+
+class ModelApi(_Frozen):
+    upstream: str = "https://api.anthropic.com"
+    credential: SecretSource | None = EnvSource(env="ANTHROPIC_API_KEY")
+    prices: dict[str, tuple[float, float]] = Field(default_factory=dict)
+    """Per-model USD per million tokens (input, output); overrides the built-in table."""
+
+    @field_validator("upstream")
+    @classmethod
+    def _upstream(cls, value: str) -> str:
+        if value != "stub" and not re.match(r"^https?://[^\s/]+", value):
+            raise ValueError(f"{value!r} is neither 'stub' nor an http(s) URL")
+        return value.rstrip("/")
+
+    @property
+    def is_stub(self) -> bool:
+        return self.upstream == "stub"
+
+
+class Images(_Frozen):
+    agent: str = "ad-sandbox/agent:latest"
+
+
+class Pool(_Frozen):
+    warm_per_agent: Annotated[int, Field(ge=0, le=16)] = 1
+
+
+class Settings(_Frozen):
+    max_dispatch_depth: Annotated[int, Field(ge=0, le=10)] = 3
+    max_concurrency: Annotated[int, Field(ge=1, le=64)] = 4
+    default_timeout: Annotated[float, Field(gt=0)] = 300
+    budget: Budget = Budget()
+    cache: CacheSettings = CacheSettings()
+    model_api: ModelApi = ModelApi()
+    images: Images = Images()
+    pool: Pool = Pool()
+    agent_management_tools: bool = False
+    allowed_roots: list[str] = Field(default_factory=list)
+
+
+class Resources(_Frozen):
+    cpus: Annotated[float, Field(gt=0, le=256)] = 1.0
+    memory: str = "2g"
+    pids: Annotated[int, Field(ge=16, le=65536)] = 512
+    tmp_size: str = "256m"
+
+    @field_validator("memory", "tmp_size")
+    @classmethod
+    def _size(cls, value: str) -> str:
+        if parse_size(value) < 4 * 1024**2:
+            raise ValueError(f"{value!r} is below the 4m minimum")
+        return value
+
+    @property
+    def memory_bytes(self) -> int:
+        return parse_size(self.memory)
+
+    @property
+    def tmp_bytes(self) -> int:
+        return parse_size(self.tmp_size)
+
+
+class Network(_Frozen):
+    egress: Egress = "gateway-only"
+
+
+class Agent(_Frozen):
+    directory: str = Field(min_length=1)
+    description: str = ""
+    model: str | None = None
+    timeout: Annotated[float, Field(gt=0)] | None = None
+    max_budget_usd: Annotated[float, Field(ge=0)] | None = None
+    permission_mode: PermissionMode = "bypassPermissions"
+    allowed_tools: list[str] = Field(default_factory=list)
+    disallowed_tools: list[str] = Field(default_factory=list)
+    capabilities: list[str] = Field(default_factory=list)
+    instructions: str = ""
+    mount: Mount = "rw"
+    image: str | None = None
+    resources: Resources = Resources()
+    network: Network = Network()
+    allow_hosts: list[str] = Field(default_factory=list)
+    secrets: dict[str, SecretSource] = Field(default_factory=dict)
+    dispatch_to: list[str] = Field(default_factory=list)
+
+    @field_validator("secrets")
+    @classmethod
+    def _secret_names(cls, value: dict[str, SecretSource]) -> dict[str, SecretSource]:
+        for name in value:
+            if not re.match(SECRET_NAME_PATTERN, name):
+                raise ValueError(f"secret name {name!r} must match {SECRET_NAME_PATTERN}")
+        return value
+
+    @property
+    def path(self) -> Path:
+        """The agent directory, with ``~`` expanded, absolute."""
+        return Path(self.directory).expanduser().absolute()
+
+
+class GroupMember(_Frozen):
+    agent: str
+    use_for: str = ""
+
+
+class Group(_Frozen):
+    description: str = ""
+    shared_context: str = ""
+    members: list[GroupMember] = Field(default_factory=list)
+
+
+class Config(_Frozen):
+    settings: Settings = Settings()
+    agents: dict[str, Agent] = Field(default_factory=dict)
+    groups: dict[str, Group] = Field(default_factory=dict)
+
+    @field_validator("agents", "groups")
+    @classmethod
+    def _names(cls, value: dict[str, object]) -> dict[str, object]:
+        for name in value:
+            if not re.match(NAME_PATTERN, str(name)):
+                raise ValueError(
+                    f"name {name!r} must match {NAME_PATTERN} (it becomes a container name)"
+                )
+        return value
+
+    @model_validator(mode="after")
+    def _references(self) -> Config:
+        for name, agent in self.agents.items():
+            for target in agent.dispatch_to:
+                if target != "*" and target not in self.agents:
+                    raise ValueError(f"agents.{name}.dispatch_to names unknown agent {target!r}")
+        for name, group in self.groups.items():
+            for member in group.members:
+                if member.agent not in self.agents:
+                    raise ValueError(f"groups.{name}.members names unknown agent {member.agent!r}")
+        return self
+
+    def agent(self, name: str) -> Agent:
+        """The agent called ``name``; raises :class:`AgentNotFound` with the known names."""
+        from orchestrator.errors import AgentNotFound
+
+        try:
+            return self.agents[name]
+        except KeyError:
+            known = ", ".join(sorted(self.agents)) or "none registered"
+            raise AgentNotFound(
+                f"unknown agent {name!r} (known: {known})",
+                hint="Run `ad-sandbox list`, or register it with `ad-sandbox add NAME DIR`.",
+                agent=name,
+            ) from None

@@ -1,0 +1,102 @@
+"""Data that crosses module boundaries: requests, parsed claude output, run records."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+ExitReason = Literal["completed", "timeout", "oom", "cancelled", "crashed", "budget"]
+RunStatus = Literal["queued", "running", "finished"]
+Outcome = Literal["done", "partial", "blocked"]
+ErrorType = Literal[
+    "timeout", "budget", "recursion", "not_found", "permission",
+    "usage_limit", "oom", "sandbox", "cli_error",
+]
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex[:16]
+
+
+class RunRequest(BaseModel):
+    """One task for one agent, as the dispatcher receives it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    agent: str
+    task: str
+    context: str = ""
+    goal: str = ""
+    caller: str = ""
+    response_format: Literal["text", "json"] = "text"
+    timeout: float | None = None
+    session_id: str | None = None
+    """Resume this session (``--resume``) instead of starting a new one."""
+    parent_run_id: str | None = None
+    root_run_id: str | None = None
+    depth: int = 0
+
+
+class ClaudeResult(BaseModel):
+    """What one ``claude -p`` invocation reported, parsed from json or stream-json."""
+
+    is_error: bool
+    subtype: str = ""
+    result: str = ""
+    session_id: str | None = None
+    num_turns: int = 0
+    cost_usd: float = 0.0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    denied_tools: list[str] = Field(default_factory=list)
+    terminal_reason: str | None = None
+    api_error_status: int | None = None
+    errors: list[str] = Field(default_factory=list)
+    duration_ms: int = 0
+
+
+class RunRecord(BaseModel):
+    """The durable record of one run (SPEC §6); the single source of every result."""
+
+    run_id: str = Field(default_factory=new_id)
+    root_id: str = ""
+    parent_id: str | None = None
+    agent: str
+    caller: str = ""
+    depth: int = 0
+    status: RunStatus = "queued"
+    exit_reason: ExitReason | None = None
+    success: bool = False
+    outcome: Outcome | None = None
+    task: str = ""
+    result: str = ""
+    error: str | None = None
+    error_type: ErrorType | None = None
+    hint: str | None = None
+    session_id: str | None = None
+    container_id: str | None = None
+    image: str | None = None
+    image_digest: str | None = None
+    cost_usd: float = 0.0
+    """Gateway-metered cost."""
+    claude_cost_usd: float = 0.0
+    """Cost the claude CLI reported."""
+    input_tokens: int = 0
+    output_tokens: int = 0
+    num_turns: int = 0
+    denied_tools: list[str] = Field(default_factory=list)
+    cached: bool = False
+    parsed_result: Any = None
+    owner_pid: int | None = None
+    created_at: float = Field(default_factory=time.time)
+    started_at: float | None = None
+    finished_at: float | None = None
+    duration_ms: int = 0
+    last_action: str = ""
+
+    def model_post_init(self, __context: Any) -> None:
+        if not self.root_id:
+            self.root_id = self.run_id
