@@ -9,7 +9,7 @@ the MCP server maps ``error_type`` to a result the calling model can act on (SPE
     ├── UsageError                      exit 2  cli_error   bad argument
     │   ├── AgentNotFound               exit 2  not_found
     │   ├── RunNotFound                 exit 2  not_found
-    │   └── PermissionDenied            exit 2  permission  outside allowed roots, not allowed to dispatch
+    │   └── PermissionDenied            exit 2  permission  outside allowed roots
     ├── LimitExceeded                   exit 3
     │   ├── RunTimeout                  exit 3  timeout
     │   ├── BudgetExceeded              exit 3  budget
@@ -83,7 +83,7 @@ class RunTimeout(LimitExceeded):
 
 class BudgetExceeded(LimitExceeded):
     error_type = "budget"
-    default_hint = "Raise settings.budget or the agent's max_budget_usd, or wait for the daily window."
+    default_hint = "Raise settings.budget or the agent's max_budget_usd, or wait a while."
 
 
 class RecursionLimit(LimitExceeded):
