@@ -35,6 +35,8 @@ class RunRequest(BaseModel):
     timeout: float | None = None
     session_id: str | None = None
     """Resume this session (``--resume``) instead of starting a new one."""
+    group: str | None = None
+    """A group whose shared_context joins the prompt's context."""
     parent_run_id: str | None = None
     root_run_id: str | None = None
     depth: int = 0
