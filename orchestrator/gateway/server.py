@@ -1,0 +1,167 @@
+"""The gateway app and the server that runs it in a background thread.
+
+The app owns the model relay; other routes (the agents' ``/mcp``) are added with
+``extra_routes`` and, when they need startup/shutdown work, ``lifespan``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.routing import BaseRoute, Route
+
+from orchestrator.errors import SandboxError
+from orchestrator.gateway.pricing import Price, PriceTable
+from orchestrator.gateway.relay import CheckBudget, OnUsage, Relay
+from orchestrator.gateway.tokens import Credential, RunTokens
+
+log = logging.getLogger(__name__)
+
+START_DEADLINE = 10.0
+STOP_DEADLINE = 10.0
+
+Lifespan = Callable[[Starlette], AbstractAsyncContextManager[None]]
+
+
+def create_gateway_app(
+    *,
+    tokens: RunTokens,
+    upstream: str,
+    credential: Credential | None,
+    on_usage: OnUsage,
+    check_budget: CheckBudget,
+    prices: Mapping[str, Price] | None = None,
+    extra_routes: Sequence[BaseRoute] = (),
+    lifespan: Lifespan | None = None,
+) -> Starlette:
+    """The gateway's ASGI app: ``POST /v1/messages`` (and ``/count_tokens``) plus ``extra_routes``.
+
+    ``upstream`` is the model API's base URL; ``credential`` None sends no credential (the
+    stub). ``on_usage(info, model, input_tokens, output_tokens, usd)`` is called from a worker
+    thread after each answer that reported usage; ``check_budget(info)`` before each forward,
+    a string return refusing it. ``prices`` override the built-in table per model.
+    """
+    relay = Relay(
+        tokens=tokens,
+        upstream=upstream,
+        credential=credential,
+        on_usage=on_usage,
+        check_budget=check_budget,
+        prices=PriceTable(prices),
+    )
+
+    @contextlib.asynccontextmanager
+    async def run(app: Starlette) -> AsyncIterator[None]:
+        try:
+            if lifespan is None:
+                yield
+            else:
+                async with lifespan(app):
+                    yield
+        finally:
+            await relay.aclose()
+
+    routes: list[BaseRoute] = [
+        Route("/v1/messages", relay.messages, methods=["POST"]),
+        Route("/v1/messages/count_tokens", relay.messages, methods=["POST"]),
+        *extra_routes,
+    ]
+    app = Starlette(routes=routes, lifespan=run)
+    app.state.relay = relay
+    return app
+
+
+class GatewayServer:
+    """Uvicorn serving ``app`` from a background thread with its own event loop."""
+
+    def __init__(self, app: Starlette, host: str, port: int = 0) -> None:
+        self.app = app
+        self.host = host
+        self.port = port
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    def start(self) -> GatewayServer:
+        """Bind, serve, and return once connections are accepted (deadline 10 s)."""
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((self.host, self.port))
+        except OSError as exc:
+            sock.close()
+            raise SandboxError(
+                f"gateway cannot listen on {self.host}:{self.port} ({exc.strerror or exc})",
+                hint="Check that the address belongs to this host (the agents' network "
+                "gateway) and that the port is free.",
+                host=self.host,
+                port=self.port,
+            ) from exc
+        self.port = sock.getsockname()[1]
+        config = uvicorn.Config(
+            self.app,
+            log_level="warning",
+            access_log=False,
+            lifespan="on",
+            loop="asyncio",
+            ws="none",
+            timeout_graceful_shutdown=2,
+        )
+        self._server = server = uvicorn.Server(config)
+        self._thread = threading.Thread(
+            target=self._serve, args=(server, sock), name=f"gateway-{self.port}", daemon=True
+        )
+        self._thread.start()
+        deadline = time.monotonic() + START_DEADLINE
+        while not server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                self.stop()
+                detail = repr(self._error) if self._error else "no answer within the deadline"
+                raise SandboxError(
+                    f"gateway on {self.url} did not start: {detail}",
+                    hint="Look at the orchestrator log for the cause.",
+                )
+            time.sleep(0.01)  # polling uvicorn's started flag; it offers no event
+        log.info("gateway listening on %s", self.url)
+        return self
+
+    def _serve(self, server: uvicorn.Server, sock: socket.socket) -> None:
+        try:
+            asyncio.run(server.serve(sockets=[sock]))
+        except BaseException as exc:  # kept for start() to report
+            self._error = exc
+        finally:
+            sock.close()
+
+    def stop(self) -> None:
+        """Stop accepting, end open answers after a short grace, join the thread."""
+        server, thread = self._server, self._thread
+        if server is None or thread is None:
+            return
+        server.should_exit = True
+        thread.join(STOP_DEADLINE)
+        if thread.is_alive():
+            server.force_exit = True
+            thread.join(STOP_DEADLINE)
+        self._server = self._thread = None
+
+    def __enter__(self) -> GatewayServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
