@@ -23,8 +23,11 @@ from orchestrator.gateway.tokens import Credential, RunTokens, TokenInfo
 
 log = logging.getLogger(__name__)
 
-BUDGET_STATUS = 400
-"""Status of a budget refusal: the CLI neither retries a 400 nor asks for a new login."""
+BUDGET_STATUS = 402
+BUDGET_ERROR = "billing_error"
+"""A budget refusal. Checked with claude 2.1.332: a 402 ends the run after one request with
+``is_error`` and our message. A 400 makes it resend five times with fewer betas, a 403 adds
+"Failed to authenticate", and 429/5xx are retried with backoff."""
 
 OAUTH_BETA = "oauth-2025-04-20"
 """The beta the Messages API needs before it accepts an OAuth Bearer token."""
@@ -196,7 +199,7 @@ class Relay:
         if reason is not None:
             log.info("budget refusal for run %s: %s", info.run_id, reason)
             return error_response(
-                BUDGET_STATUS, "invalid_request_error", f"ad-sandbox budget exhausted: {reason}"
+                BUDGET_STATUS, BUDGET_ERROR, f"ad-sandbox budget exhausted: {reason}"
             )
         body = await request.body()
         url = self.upstream + request.url.path

@@ -21,7 +21,7 @@ from starlette.routing import Route
 from orchestrator.config import EnvSource, FileSource
 from orchestrator.errors import ConfigError
 from orchestrator.gateway.pricing import PriceTable, Usage
-from orchestrator.gateway.relay import BUDGET_STATUS, OAUTH_BETA
+from orchestrator.gateway.relay import OAUTH_BETA
 from orchestrator.gateway.server import GatewayServer, create_gateway_app
 from orchestrator.gateway.tokens import Credential, RunTokens, TokenInfo, resolve_credential
 
@@ -341,7 +341,7 @@ def test_budget_refusal_is_final_and_never_forwarded(
 
     gw = gateway(budget=budget)
     response = gw.post(ask(stream=True))
-    message = assert_anthropic_error(response, BUDGET_STATUS, "invalid_request_error")
+    message = assert_anthropic_error(response, 402, "billing_error")
     assert message == "ad-sandbox budget exhausted: run r1 spent $1.02 of its $1.00"
     assert asked == [INFO]
     assert upstream.seen == []
