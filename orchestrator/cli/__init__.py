@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from orchestrator.cli import agents, doctor, images, stub  # noqa: F401  (registers commands)
+from orchestrator.cli import agents, doctor, images, serve, stub  # noqa: F401  (registers commands)
 from orchestrator.cli.app import app
 
 

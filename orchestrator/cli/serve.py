@@ -1,0 +1,46 @@
+"""``serve``: run the MCP server over stdio (for Claude Code) or streamable HTTP."""
+
+from __future__ import annotations
+
+import os
+from typing import Annotated, Literal
+
+import typer
+
+from orchestrator.cli.app import app, handles_errors
+
+DEFAULT_TOKEN_ENV = "AD_SANDBOX_MCP_TOKEN"
+
+
+@app.command()
+@handles_errors
+def serve(
+    transport: Annotated[
+        Literal["stdio", "http"], typer.Option(help="stdio for Claude Code; http serves /mcp.")
+    ] = "stdio",
+    host: Annotated[str, typer.Option(help="HTTP bind address.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="HTTP port; 0 picks one.")] = 8765,
+    token_env: Annotated[
+        str,
+        typer.Option(help="Environment variable holding the bearer token HTTP clients must send."),
+    ] = DEFAULT_TOKEN_ENV,
+    allowed_host: Annotated[
+        list[str] | None,
+        typer.Option(help="Host header to accept (repeatable), e.g. orchestrator:8765."),
+    ] = None,
+) -> None:
+    """Serve the ad-sandbox MCP tools (stdout is the protocol on stdio; logs go to stderr)."""
+    # Imported here so the rest of the CLI does not pay for importing mcp.
+    from orchestrator import server
+
+    token = os.environ.get(token_env) or None
+    if transport == "http":
+        server.check_bind(host, token)  # refuse before opening anything
+    server.run(
+        server.create_server(),
+        transport=transport,
+        host=host,
+        port=port,
+        token=token,
+        allowed_hosts=allowed_host or (),
+    )
