@@ -24,6 +24,7 @@ from orchestrator.gateway.pricing import PriceTable, Usage
 from orchestrator.gateway.relay import OAUTH_BETA
 from orchestrator.gateway.server import GatewayServer, create_gateway_app
 from orchestrator.gateway.tokens import Credential, RunTokens, TokenInfo, resolve_credential
+from orchestrator.stub.server import StubServer
 
 WAIT = 10.0
 INFO = TokenInfo(run_id="r1", root_id="r0", agent="coder", depth=1, caller="root")
@@ -401,3 +402,21 @@ def test_extra_routes_are_served(servers: list[GatewayServer]) -> None:
     )
     servers.append(GatewayServer(app, "127.0.0.1").start())
     assert httpx.get(f"{servers[-1].url}/ping", timeout=WAIT).text == "pong"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_relays_the_stub_model(servers: list[GatewayServer], stream: bool) -> None:
+    with StubServer() as stub:
+        tokens, usage = RunTokens(), UsageLog()
+        app = create_gateway_app(tokens=tokens, upstream=stub.url, credential=None,
+                                 on_usage=usage, check_budget=lambda info: None)
+        servers.append(GatewayServer(app, "127.0.0.1").start())
+        gw = Gateway(servers[-1].url, tokens, usage, tokens.issue(INFO))
+        body = {**ask(stream), "messages": [{"role": "user", "content": "hi [[usage: 30 4]]"}]}
+        response = gw.post(body)
+        assert response.status_code == 200
+        assert b"echo: hi" in response.content
+        assert usage.called.wait(WAIT)
+        assert [call[1:4] for call in usage.calls] == [("claude-sonnet-4-5", 30, 4)]
+        body["messages"] = [{"role": "user", "content": "[[status: 529]]"}]
+        assert_anthropic_error(gw.post(body), 529, "overloaded_error")
