@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
-from orchestrator.cli import agents, doctor, images, serve, stub  # noqa: F401  (registers commands)
+from orchestrator.cli import (  # noqa: F401  (each module registers its commands)
+    agents,
+    demo,
+    doctor,
+    images,
+    runs,
+    serve,
+    setup,
+    stack,
+    stub,
+)
 from orchestrator.cli.app import app
 
 

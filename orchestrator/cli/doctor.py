@@ -1,1 +1,148 @@
-"""Placeholder: filled in by its owner."""
+"""``doctor``: check the engine, images, config, agent directories and registration."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from dataclasses import asdict, dataclass
+from typing import Annotated, Literal
+
+import typer
+
+from orchestrator.cli.agents import health
+from orchestrator.cli.app import app, out
+from orchestrator.cli.setup import SERVER_NAME
+from orchestrator.config import Config
+from orchestrator.configfile import load_config
+from orchestrator.errors import AdSandboxError, ConfigError
+from orchestrator.paths import config_path
+
+Status = Literal["ok", "warn", "fail"]
+CLAUDE_TIMEOUT = 20.0
+
+
+@dataclass(frozen=True)
+class Check:
+    check: str
+    status: Status
+    detail: str
+    exit_code: int = 0
+    """What a ``fail`` of this check makes the command exit with."""
+
+
+def check_config() -> tuple[Check, Config | None]:
+    path = config_path()
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        return Check("config", "fail", exc.one_line(), 2), None
+    if not path.exists():
+        return Check("config", "warn", f"{path} does not exist — run `ad-sandbox init`"), config
+    detail = f"{path}: {len(config.agents)} agents, {len(config.groups)} groups"
+    return Check("config", "ok", detail), config
+
+
+def check_engine() -> Check:
+    try:
+        from orchestrator.runtime import engine
+
+        engine.connect()
+        return Check("engine", "ok", f"Docker {engine.engine_version()}")
+    except AdSandboxError as exc:
+        return Check("engine", "fail", exc.one_line(), 4)
+
+
+def check_images(config: Config | None, engine_ok: bool) -> list[Check]:
+    refs = [config.settings.images.agent if config else Config().settings.images.agent]
+    if config:
+        refs += sorted({a.image for a in config.agents.values() if a.image} - set(refs))
+    if not engine_ok:
+        return [Check(f"image {r}", "fail", "not checked: Docker engine not reachable", 4)
+                for r in refs]  # fmt: skip
+    try:
+        from orchestrator.runtime.images import (  # type: ignore[import-not-found,unused-ignore]
+            image_status,
+        )
+    except ImportError as exc:
+        return [Check("images", "warn", f"images module unavailable ({exc})")]
+    checks: list[Check] = []
+    for ref in refs:
+        try:
+            status = image_status(ref)
+        except AdSandboxError as exc:
+            checks.append(Check(f"image {ref}", "fail", exc.one_line(), 4))
+            continue
+        if status is None:
+            hint = "build it with `ad-sandbox image build`"
+            checks.append(Check(f"image {ref}", "fail", f"missing — {hint}", 4))
+            continue
+        size = f"{status.size_bytes / 1024**2:.0f} MB"
+        version = f"claude {status.claude_version}" if status.claude_version else None
+        detail = f"{status.id[:19]}, {size}, {version or 'claude version unknown'}"
+        checks.append(Check(f"image {ref}", "ok" if version else "warn", detail))
+    return checks
+
+
+def check_agents(config: Config) -> list[Check]:
+    checks = []
+    for name, agent in sorted(config.agents.items()):
+        state = health(agent)
+        if state == "ok":
+            checks.append(Check(f"agent {name}", "ok", str(agent.path)))
+        else:
+            hint = f"fix it with `ad-sandbox update {name} --directory DIR`"
+            checks.append(Check(f"agent {name}", "fail", f"{agent.path} {state} — {hint}", 2))
+    return checks
+
+
+def check_registration() -> Check:
+    claude = shutil.which("claude")
+    if claude is None:
+        return Check("registration", "warn", "claude not on PATH; cannot check registration")
+    try:
+        done = subprocess.run(
+            [claude, "mcp", "get", SERVER_NAME],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=CLAUDE_TIMEOUT,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return Check("registration", "warn", f"`claude mcp get` did not answer ({exc})")
+    if done.returncode == 0:
+        return Check("registration", "ok", f"MCP server {SERVER_NAME} registered in Claude Code")
+    return Check("registration", "warn", f"{SERVER_NAME} not registered — run `ad-sandbox init`")
+
+
+def run_checks() -> list[Check]:
+    """All checks, in order: config, engine, images, agent directories, registration."""
+    config_check, config = check_config()
+    engine_check = check_engine()
+    checks = [config_check, engine_check, *check_images(config, engine_check.status == "ok")]
+    if config is not None:
+        checks += check_agents(config)
+    checks.append(check_registration())
+    return checks
+
+
+@app.command()
+def doctor(
+    json_output: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Check the setup. Exit 0 if nothing failed; 2 for config, 4 for Docker and images."""
+    checks = run_checks()
+    if json_output:
+        rows = [{k: v for k, v in asdict(c).items() if k != "exit_code"} for c in checks]
+        out(json.dumps(rows, indent=2))
+    else:
+        width = max(len(c.check) for c in checks)
+        for c in checks:
+            out(f"{c.status:<5} {c.check:<{width}}  {c.detail}")
+    failed = [c for c in checks if c.status == "fail"]
+    if failed:
+        # The first failure decides: config before engine before images.
+        if not json_output:
+            typer.echo(f"error: {failed[0].check}: {failed[0].detail}", err=True)
+        raise typer.Exit(failed[0].exit_code)
