@@ -19,5 +19,5 @@ def test_help_runs_as_a_real_process() -> None:
         check=False,
     )
     assert done.returncode == 0, done.stderr
-    for command in ("init", "add", "update", "remove", "list", "describe", "doctor"):
+    for command in ("init", "add", "update", "remove", "list", "describe", "doctor", "group"):
         assert command in done.stdout
