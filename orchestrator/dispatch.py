@@ -1,0 +1,432 @@
+"""The dispatcher: validation → limits → cache → run in a container → record (SPEC §2, §6).
+
+No Typer, no MCP, no docker imports: the CLI and the MCP server are thin layers over it.
+Runs execute in the service's own task group, so a caller that goes away loses nothing: the
+run finishes and its record is readable later.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import replace
+from typing import Any
+
+import anyio
+from anyio.abc import TaskGroup
+
+from orchestrator import cache
+from orchestrator.config import Agent, Config
+from orchestrator.configfile import ConfigSnapshot
+from orchestrator.errors import (
+    AdSandboxError,
+    BudgetExceeded,
+    RecursionLimit,
+    RunNotFound,
+    UsageError,
+)
+from orchestrator.gateway.lifecycle import DAY_S, Gateway
+from orchestrator.gateway.tokens import TokenInfo
+from orchestrator.live import LiveRun, report_progress
+from orchestrator.models import ExitReason, RunRecord, RunRequest
+from orchestrator.pool import WarmPool
+from orchestrator.reaper import reap
+from orchestrator.results import DispatchResult, ProgressFn
+from orchestrator.runner import GatewayHandle, RunEnv, execute
+from orchestrator.runtime.base import Runtime
+from orchestrator.sandbox import (
+    AGENTS_NETWORK,
+    MANAGED,
+    agent_image,
+    directory_owner,
+    read_secrets,
+)
+from orchestrator.state import StateStore
+
+log = logging.getLogger(__name__)
+
+MAX_PROMPT_CHARS = 400_000
+"""Task + context + goal. Beyond this the model's context window is the wrong channel."""
+HOUSEKEEPING_S = 30.0
+SLOT_RECHECK_S = 1.0
+"""Waiting for a slot another process holds: local releases wake at once, others are re-read."""
+
+
+class Dispatcher:
+    """The core service. Create with :func:`open_dispatcher`."""
+
+    def __init__(self, *, snapshot: ConfigSnapshot, state: StateStore, runtime: Runtime,
+                 gateway_host: str | None = None,
+                 image_id: Callable[[str], str | None] | None = None) -> None:
+        self.snapshot = snapshot
+        self._image_id = image_id or _docker_image_id
+        self.gateway_host = gateway_host
+        """Bind the gateway here instead of the network's gateway address (tests only)."""
+        self.state = state
+        self.runtime = runtime
+        self.pid = os.getpid()
+        self._live: dict[str, LiveRun] = {}
+        self._inflight: dict[str, LiveRun] = {}
+        self._slot_freed = anyio.Event()
+        self._tg: TaskGroup | None = None
+        self._gateway: Gateway | None = None
+        self._pool: WarmPool | None = None
+        self._sandbox_lock = anyio.Lock()
+
+    @property
+    def config(self) -> Config:
+        return self.snapshot.get()
+
+    # ---- lifecycle -------------------------------------------------------------------
+
+    async def start(self, tg: TaskGroup, *, warm: bool) -> None:
+        self._tg = tg
+        try:
+            await anyio.to_thread.run_sync(lambda: reap(self.runtime, self.state))
+        except AdSandboxError as exc:  # Docker down: runs will say so, with a record each
+            log.warning("start-up reap skipped: %s", exc.one_line())
+        tg.start_soon(self._housekeeping)
+        if warm:
+            await self.ensure_sandbox()
+            tg.start_soon(self.fill_pools)
+
+    async def ensure_sandbox(self) -> None:
+        """The agents network, this process's gateway and the pool; made on first use."""
+        async with self._sandbox_lock:
+            if self._gateway is not None:
+                return
+            network = await anyio.to_thread.run_sync(
+                lambda: self.runtime.ensure_network(AGENTS_NETWORK, internal=True,
+                                                    labels=MANAGED)
+            )
+            if self.gateway_host is not None:
+                network = replace(network, gateway_ip=self.gateway_host)
+            gateway = Gateway(
+                self.config, self.state, network,
+                run_budget=self._run_budget, on_budget_refused=self._budget_refused,
+            )
+            await anyio.to_thread.run_sync(gateway.start)
+            self._pool = WarmPool(runtime=self.runtime, state=self.state, network=network.name)
+            self._gateway = gateway
+
+    async def close(self) -> None:
+        """Let running runs end (each within its deadline), then stop what this process owns."""
+        for live in list(self._live.values()):
+            await live.wait_done()
+        if self._pool is not None:
+            for lease in self.state.containers(state="warm"):
+                if lease.owner_pid == self.pid:
+                    await self._pool.release(lease.container_id)
+        if self._gateway is not None:
+            self._gateway.stop()
+
+    async def _housekeeping(self) -> None:
+        while True:
+            await anyio.sleep(HOUSEKEEPING_S)
+            try:
+                for lease in self.state.containers(state="warm"):
+                    if lease.owner_pid == self.pid:
+                        self.state.renew_lease(lease.container_id, 3600)
+                await anyio.to_thread.run_sync(lambda: reap(self.runtime, self.state))
+            except Exception:  # housekeeping must never take the server down
+                log.exception("housekeeping pass failed")
+
+    async def fill_pools(self) -> None:
+        config = self.config
+        target = config.settings.pool.warm_per_agent
+        for name, agent in config.agents.items():
+            await self.fill_pool(name, agent, target)
+
+    async def fill_pool(self, name: str, agent: Agent, target: int,
+                        *, detached: bool = False) -> list[str]:
+        await self.ensure_sandbox()
+        assert self._pool is not None
+        try:
+            owner = directory_owner(name, agent)
+        except UsageError as exc:
+            log.warning("no warm pool for %s: %s", name, exc.one_line())
+            return []
+        return await self._pool.fill(name, agent, agent_image(self.config, agent), owner,
+                                     target, detached=detached)
+
+    # ---- dispatch --------------------------------------------------------------------
+
+    def validate(self, request: RunRequest) -> Agent:
+        """Reject bad input before anything runs or is recorded."""
+        config = self.config
+        agent = config.agent(request.agent)
+        if not request.task.strip():
+            raise UsageError("the task is empty", hint="Say what the agent should do.")
+        size = len(request.task) + len(request.context) + len(request.goal)
+        if size > MAX_PROMPT_CHARS:
+            raise UsageError(
+                f"task, context and goal are {size:,} characters; the limit is "
+                f"{MAX_PROMPT_CHARS:,}",
+                hint="Put large material in a file in the agent's project and name the file.",
+            )
+        if request.timeout is not None and request.timeout <= 0:
+            raise UsageError(f"timeout must be positive, got {request.timeout}")
+        limit = config.settings.max_dispatch_depth
+        if request.depth > limit:
+            raise RecursionLimit(f"dispatch depth {request.depth} exceeds the limit {limit}")
+        return agent
+
+    def submit(self, request: RunRequest) -> LiveRun:
+        """Record ``request`` and validate it; the returned run has not started.
+
+        Bad input still leaves a record (ended, with the error) before the error is raised.
+        """
+        record = RunRecord(
+            agent=request.agent,
+            caller=request.caller,
+            depth=request.depth,
+            parent_id=request.parent_run_id,
+            task=request.task[:2000],
+            owner_pid=self.pid,
+        )
+        if request.root_run_id:
+            record.root_id = request.root_run_id
+        self.state.insert_run(record)
+        live = LiveRun(record)
+        try:
+            agent = self.validate(request)
+            directory_owner(request.agent, agent)
+            read_secrets(request.agent, agent)
+        except AdSandboxError as exc:
+            live.finish(self._end_with_error(record.run_id, exc))
+            raise
+        self._live[record.run_id] = live
+        return live
+
+    def _end_with_error(self, run_id: str, exc: AdSandboxError,
+                        exit_reason: ExitReason = "crashed") -> RunRecord:
+        return self.state.update_run(
+            run_id, status="finished", success=False, exit_reason=exit_reason,
+            error=exc.message, error_type=exc.error_type, hint=exc.hint,
+            finished_at=time.time())
+
+    async def dispatch(self, request: RunRequest, *,
+                       progress: ProgressFn | None = None) -> DispatchResult:
+        """Run ``request`` to its end. A cancelled caller cancels (kills) the run."""
+        live = self.submit(request)
+        assert self._tg is not None, "dispatcher not started"
+        self._tg.start_soon(self._run, request, live)
+        try:
+            async with anyio.create_task_group() as tg:
+                if progress is not None:
+                    tg.start_soon(report_progress, live, progress)
+                await live.wait_done()
+                tg.cancel_scope.cancel()
+        except anyio.get_cancelled_exc_class():
+            with anyio.CancelScope(shield=True):
+                await self.cancel(live.run_id)
+            raise
+        return self.result_of(live.record)
+
+    def start_async(self, request: RunRequest) -> str:
+        live = self.submit(request)
+        assert self._tg is not None, "dispatcher not started"
+        self._tg.start_soon(self._run, request, live)
+        return live.run_id
+
+    def result_of(self, record: RunRecord) -> DispatchResult:
+        return DispatchResult.from_record(record, cached=record.cached)
+
+    async def _run(self, request: RunRequest, live: LiveRun) -> None:
+        try:
+            await self._run_inner(request, live)
+        except BaseException as exc:
+            with anyio.CancelScope(shield=True):
+                if not live.done:
+                    cancelled = isinstance(exc, anyio.get_cancelled_exc_class())
+                    record = self.state.update_run(
+                        live.run_id, status="finished", success=False,
+                        exit_reason="cancelled" if cancelled else "crashed",
+                        error_type="cli_error" if cancelled else "sandbox",
+                        error=f"run ended by {type(exc).__name__}: {exc}"[:2000],
+                        finished_at=time.time(),
+                    )
+                    live.finish(record)
+            if not isinstance(exc, Exception):
+                raise
+            log.exception("run %s failed inside the orchestrator", live.run_id)
+        finally:
+            self._live.pop(live.run_id, None)
+
+    async def _run_inner(self, request: RunRequest, live: LiveRun) -> None:
+        config = self.config
+        agent = config.agent(request.agent)
+        key = await self._cache_key(config, request, agent)
+        if key is not None and await self._from_cache(key, live):
+            return
+        leader = self._inflight.get(key) if key else None
+        if leader is not None:
+            await leader.wait_done()
+            self._follow(live, leader.record)
+            return
+        if key:
+            self._inflight[key] = live
+        try:
+            spent = self.state.spent_since(time.time() - DAY_S)
+            if spent >= config.settings.budget.daily:
+                raise BudgetExceeded(
+                    f"the daily budget ${config.settings.budget.daily:.2f} is spent "
+                    f"(${spent:.4f} in 24 h)")
+            await self.ensure_sandbox()
+            await self._acquire_slot(live, config.settings.max_concurrency)
+            try:
+                record = await execute(self._env(config), request, live)
+            finally:
+                self.state.release_slot(live.run_id)
+                self._slot_freed.set()
+                self._slot_freed = anyio.Event()
+            if key and record.success and record.exit_reason == "completed":
+                self.state.cache_put(key, record.run_id, config.settings.cache.ttl)
+            if self._tg is not None and config.settings.pool.warm_per_agent:
+                self._tg.start_soon(self.fill_pool, request.agent, agent,
+                                    config.settings.pool.warm_per_agent)
+        except BudgetExceeded as exc:
+            live.finish(self._end_with_error(live.run_id, exc, "budget"))
+        except AdSandboxError as exc:  # e.g. Docker down when the sandbox is first needed
+            live.finish(self._end_with_error(live.run_id, exc))
+        finally:
+            if key:
+                self._inflight.pop(key, None)
+
+    def _env(self, config: Config) -> RunEnv:
+        assert self._gateway is not None and self._pool is not None
+        return RunEnv(config=config, state=self.state, runtime=self.runtime,
+                      gateway=GatewayHandle(self._gateway.url, self._gateway.tokens),
+                      pool=self._pool)
+
+    async def _acquire_slot(self, live: LiveRun, limit: int) -> None:
+        while not self.state.acquire_slot(live.run_id, owner_pid=self.pid, limit=limit):
+            with live.lock:
+                live.queue_position = len(self.state.slot_holders()) - limit + 1
+            live.poke()
+            with anyio.move_on_after(SLOT_RECHECK_S):
+                await self._slot_freed.wait()
+        with live.lock:
+            live.queue_position = None
+
+    # ---- cache -------------------------------------------------------------------------
+
+    async def _cache_key(self, config: Config, request: RunRequest, agent: Agent) -> str | None:
+        if not config.settings.cache.enabled or not cache.cacheable(request):
+            return None
+        image = agent_image(config, agent)
+        image_id = await anyio.to_thread.run_sync(self._image_id, image)
+        project = await anyio.to_thread.run_sync(cache.project_state, agent.path)
+        return cache.cache_key(request, agent, image_id or image, project)
+
+    async def _from_cache(self, key: str, live: LiveRun) -> bool:
+        hit = self.state.cache_get(key)
+        self.state.cache_note(hit is not None)
+        if hit is None:
+            return False
+        try:
+            source = self.state.get_run(hit)
+        except RunNotFound:
+            return False
+        self._follow(live, source)
+        return True
+
+    def _follow(self, live: LiveRun, source: RunRecord) -> None:
+        """End ``live`` with ``source``'s answer, at no cost (a cache hit or a coalesced run)."""
+        fields: dict[str, Any] = {
+            name: getattr(source, name)
+            for name in ("success", "exit_reason", "outcome", "result", "error", "error_type",
+                         "hint", "session_id", "num_turns", "denied_tools", "parsed_result",
+                         "image", "container_id")
+        }
+        now = time.time()
+        record = self.state.update_run(
+            live.run_id, status="finished", cached=True, cost_usd=0.0, claude_cost_usd=0.0,
+            finished_at=now, duration_ms=int((now - live.record.created_at) * 1000),
+            last_action=f"served from run {source.run_id}", **fields)
+        live.finish(record)
+
+    # ---- budget hooks (called from the gateway's threads) ----------------------------------
+
+    def _run_budget(self, info: TokenInfo) -> float:
+        config = self.config
+        agent = config.agents.get(info.agent)
+        limit = config.settings.budget.per_run
+        if agent is not None and agent.max_budget_usd is not None:
+            limit = min(limit, agent.max_budget_usd)
+        return limit
+
+    def _budget_refused(self, info: TokenInfo, reason: str) -> None:
+        live = self._live.get(info.run_id)
+        if live is not None:
+            with live.lock:
+                live.budget_reason = reason
+            live.poke()
+
+    # ---- jobs ----------------------------------------------------------------------------
+
+    def live(self, run_id: str) -> LiveRun | None:
+        return self._live.get(run_id)
+
+    async def cancel(self, run_id: str) -> RunRecord:
+        """Kill the run's container now; the run ends ``cancelled``."""
+        live = self._live.get(run_id)
+        if live is None:
+            return self.state.get_run(run_id)
+        with live.lock:
+            live.cancel_requested = True
+            container_id = live.container_id
+        if container_id is not None:
+            await anyio.to_thread.run_sync(self.runtime.kill, container_id)
+        await live.wait_done(10)
+        return self.state.get_run(run_id)
+
+    async def wait(self, run_id: str, timeout_s: float) -> RunRecord:
+        live = self._live.get(run_id)
+        if live is not None:
+            await live.wait_done(timeout_s)
+        return self.state.get_run(run_id)
+
+
+@asynccontextmanager
+async def open_dispatcher(*, warm: bool = False, runtime: Runtime | None = None,
+                          state: StateStore | None = None,
+                          gateway_host: str | None = None,
+                          image_id: Callable[[str], str | None] | None = None,
+                          ) -> AsyncIterator[Dispatcher]:
+    """Start the dispatcher with its gateway, reaper and (optionally) warm pools."""
+    if runtime is None:
+        from orchestrator.runtime.docker_runtime import DockerRuntime
+
+        runtime = DockerRuntime()
+    owned_state = state is None
+    store = StateStore() if state is None else state
+    dispatcher = Dispatcher(snapshot=ConfigSnapshot(), state=store, runtime=runtime,
+                            gateway_host=gateway_host, image_id=image_id)
+    try:
+        async with anyio.create_task_group() as tg:
+            await dispatcher.start(tg, warm=warm)
+            try:
+                yield dispatcher
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await dispatcher.close()
+                tg.cancel_scope.cancel()
+    finally:
+        if owned_state:
+            store.close()
+
+
+def _docker_image_id(ref: str) -> str | None:
+    from orchestrator.runtime.images import image_status
+
+    status = image_status(ref)
+    return status.id if status else None
+
+
+def record_json(record: RunRecord) -> str:
+    return json.dumps(record.model_dump(mode="json"), indent=2)

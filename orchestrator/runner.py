@@ -1,0 +1,351 @@
+"""One run in one container: prepare, exec `claude -p`, enforce the deadline, record the end.
+
+The exit reason comes from what the orchestrator did (cancel, deadline, budget refusal) and
+from Docker's state (OOM, exit code) — never from the text the agent printed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from orchestrator import claude
+from orchestrator.config import Agent, Config
+from orchestrator.errors import AdSandboxError
+from orchestrator.gateway.tokens import RunTokens, TokenInfo
+from orchestrator.live import LiveRun
+from orchestrator.models import ClaudeResult, ErrorType, ExitReason, RunRecord, RunRequest
+from orchestrator.paths import state_dir
+from orchestrator.pool import WarmPool
+from orchestrator.runtime.base import ExecResult, Runtime
+from orchestrator.sandbox import (
+    CONFIG_DIR,
+    RUN_DIR,
+    SECRETS_DIR,
+    WORKSPACE,
+    Owner,
+    agent_image,
+    directory_owner,
+    read_secrets,
+    redact,
+)
+from orchestrator.state import StateStore
+
+log = logging.getLogger(__name__)
+
+KILL_GRACE_S = 2.0
+
+
+@dataclass(frozen=True)
+class GatewayHandle:
+    """What a run needs from this process's gateway."""
+
+    base_url: str
+    tokens: RunTokens
+    mcp_url: str | None = None
+
+
+@dataclass
+class RunEnv:
+    config: Config
+    state: StateStore
+    runtime: Runtime
+    gateway: GatewayHandle
+    pool: WarmPool
+
+
+def run_log_path(run_id: str) -> Path:
+    """Where a run's stream-json output (secrets redacted) is kept, for `ad-sandbox logs`."""
+    folder = state_dir() / "logs"
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return folder / f"{run_id}.log"
+
+
+class RunLog:
+    """Appends a run's output, redacted; tolerates the abandoned exec thread of a killed run."""
+
+    def __init__(self, path: Path, secrets: dict[str, bytes]) -> None:
+        self._file = path.open("a", encoding="utf-8")
+        self._secrets = secrets
+        self._lock = threading.Lock()
+
+    def write(self, text: str) -> None:
+        with self._lock:
+            if not self._file.closed:
+                self._file.write(redact(text, self._secrets))
+                self._file.flush()
+
+    def close(self) -> None:
+        with self._lock:
+            self._file.close()
+
+
+def run_timeout(config: Config, agent: Agent, request: RunRequest) -> float:
+    return request.timeout or agent.timeout or config.settings.default_timeout
+
+
+async def execute(env: RunEnv, request: RunRequest, live: LiveRun) -> RunRecord:
+    """Run ``request`` to its end and return the finished record (also stored)."""
+    record = live.record
+    agent = env.config.agent(request.agent)
+    try:
+        owner = directory_owner(request.agent, agent)
+        secrets = read_secrets(request.agent, agent)
+    except AdSandboxError as exc:
+        return _finish_error(env, live, exc, exit_reason="crashed")
+
+    image = agent_image(env.config, agent)
+    timeout = run_timeout(env.config, agent, request)
+    token = env.gateway.tokens.issue(
+        TokenInfo(
+            run_id=record.run_id,
+            root_id=record.root_id,
+            agent=request.agent,
+            depth=request.depth,
+            caller=request.caller,
+        )
+    )
+    container_id: str | None = None
+    outcome: _ExecOutcome | None = None
+    try:
+        with live.lock:
+            live.state = "starting"
+        live.poke()
+        container_id = await env.pool.acquire(request.agent, agent, image, owner, record.run_id,
+                                              lease_s=timeout + 60)
+        with live.lock:
+            live.container_id = container_id
+            live.state = "running"
+        live.poke()
+        env.state.update_run(record.run_id, status="running", container_id=container_id,
+                             image=image, started_at=time.time())
+        outcome = await _run_claude(env, request, agent, owner, secrets, container_id, token,
+                                    timeout, live)
+    except AdSandboxError as exc:
+        return _finish_error(env, live, exc, exit_reason="crashed", container_id=container_id)
+    finally:
+        env.gateway.tokens.revoke(token)
+        if container_id is not None:
+            with anyio.CancelScope(shield=True):
+                await env.pool.release(container_id)
+    return _finish(env, live, request, outcome, secrets)
+
+
+@dataclass
+class _ExecOutcome:
+    reason: ExitReason
+    exit_code: int | None
+    result: ClaudeResult | None
+    stderr: str
+
+
+async def _run_claude(
+    env: RunEnv,
+    request: RunRequest,
+    agent: Agent,
+    owner: Owner,
+    secrets: dict[str, bytes],
+    container_id: str,
+    token: str,
+    timeout: float,
+    live: LiveRun,
+) -> _ExecOutcome:
+    resume = request.session_id is not None
+    session_id = request.session_id or str(uuid.uuid4())
+    env.state.update_run(live.run_id, session_id=session_id)
+    mcp = claude.merged_mcp_config(claude.project_mcp_config(agent.path), None)
+    files = {"prompt": claude.build_prompt(request).encode()}
+    if mcp is not None:
+        files["mcp.json"] = json.dumps(mcp).encode()
+    runtime = env.runtime
+    await anyio.to_thread.run_sync(
+        lambda: runtime.write_files(container_id, RUN_DIR, files, uid=owner.uid, gid=owner.gid)
+    )
+    if secrets:
+        await anyio.to_thread.run_sync(
+            lambda: runtime.write_files(container_id, SECRETS_DIR, secrets,
+                                        uid=owner.uid, gid=owner.gid)
+        )
+    budget = env.config.settings.budget.per_run
+    if agent.max_budget_usd is not None:
+        budget = min(budget, agent.max_budget_usd)
+    argv = claude.build_argv(
+        agent,
+        session_id=session_id,
+        resume=resume,
+        max_budget_usd=budget,
+        mcp_config_path=f"{RUN_DIR}/mcp.json" if mcp is not None else None,
+        output_format="stream-json",
+    )
+    run_env = claude.claude_env(
+        base_url=env.gateway.base_url,
+        run_token=token,
+        config_dir=CONFIG_DIR,
+        uid=owner.uid,
+        api_timeout_ms=int(min(timeout, 600) * 1000),
+    )
+    parser = claude.StreamParser()
+    stderr: list[str] = []
+    log_file = RunLog(run_log_path(live.run_id), secrets)
+
+    def on_line(line: str) -> None:
+        log_file.write(line.rstrip("\n") + "\n")
+        if parser.feed(line) is None:
+            return
+        with live.lock:
+            live.last_action = parser.last_action
+            live.input_tokens = parser.input_tokens
+            live.output_tokens = parser.output_tokens
+            live.cost_usd = max(live.cost_usd, parser.cost_usd)
+        live.poke()
+
+    def on_stderr(text: str) -> None:
+        stderr.append(text)
+        log_file.write(text)
+
+    def run_exec() -> ExecResult:
+        return runtime.exec(
+            container_id, argv, env=run_env, user=owner.user, workdir=WORKSPACE,
+            stdin_file=f"{RUN_DIR}/prompt", on_stdout_line=on_line, on_stderr=on_stderr,
+        )
+
+    exec_result: ExecResult | None = None
+    timed_out = False
+    try:
+        with anyio.move_on_after(timeout) as scope:
+            exec_result = await anyio.to_thread.run_sync(run_exec, abandon_on_cancel=True)
+        timed_out = scope.cancelled_caught
+    except anyio.get_cancelled_exc_class():
+        live.cancel_requested = True
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(runtime.kill, container_id)
+        log_file.close()
+        raise
+    if timed_out:
+        await anyio.to_thread.run_sync(runtime.kill, container_id)
+    log_file.close()
+    exit_code = exec_result.exit_code if exec_result else None
+    oom = bool(exec_result and exec_result.oom_killed)
+    if not oom and exit_code == 137 and not timed_out and not live.cancel_requested:
+        oom = await anyio.to_thread.run_sync(runtime.was_oom_killed, container_id)
+    result = parser.result()
+    reason: ExitReason
+    if live.cancel_requested:
+        reason = "cancelled"
+    elif timed_out:
+        reason = "timeout"
+    elif oom:
+        reason = "oom"
+    elif live.budget_reason is not None or (result and result.subtype == "error_max_budget_usd"):
+        reason = "budget"
+    elif result is not None:
+        reason = "completed"
+    else:
+        reason = "crashed"
+    return _ExecOutcome(reason, exit_code, result, "".join(stderr)[-4000:])
+
+
+_REASON_ERRORS: dict[ExitReason, tuple[ErrorType, str]] = {
+    "timeout": ("timeout", "Give it a longer timeout_seconds, or resume the session "
+                "(dispatch_session with this session_id) with a narrower task."),
+    "oom": ("oom", "The agent ran out of memory: raise its resources.memory or ask for less."),
+    "cancelled": ("cli_error", "The run was cancelled; dispatch again if still needed."),
+    "budget": ("budget", "The money budget ran out: raise settings.budget or max_budget_usd, "
+               "or narrow the task."),
+    "crashed": ("sandbox", "The agent process ended without a result; see `ad-sandbox logs RUN`."),
+}
+
+
+def _finish(
+    env: RunEnv,
+    live: LiveRun,
+    request: RunRequest,
+    outcome: _ExecOutcome | None,
+    secrets: dict[str, bytes],
+) -> RunRecord:
+    assert outcome is not None
+    result = outcome.result
+    text = redact(result.result if result else "", secrets)
+    fields: dict[str, Any] = {
+        "status": "finished",
+        "exit_reason": outcome.reason,
+        "finished_at": time.time(),
+        "result": text,
+        "last_action": live.last_action,
+        "cost_usd": env.state.spent_run(live.run_id),
+    }
+    if result is not None:
+        fields.update(
+            session_id=result.session_id or live.record.session_id,
+            claude_cost_usd=result.cost_usd,
+            input_tokens=result.input_tokens,
+            output_tokens=result.output_tokens,
+            num_turns=result.num_turns,
+            denied_tools=result.denied_tools,
+            outcome=claude.parse_outcome(text),
+        )
+    success = outcome.reason == "completed" and result is not None and not result.is_error
+    fields["success"] = success
+    if success and request.response_format == "json":
+        try:
+            fields["parsed_result"] = claude.parse_response_json(text)
+        except ValueError:
+            fields["parsed_result"] = None
+    if not success:
+        if outcome.reason == "completed":
+            error_type, hint = claude.classify_failure(result, outcome.exit_code, outcome.stderr)
+            detail = (result.errors[0] if result and result.errors else "") or text
+        else:
+            error_type, hint = _REASON_ERRORS[outcome.reason]
+            detail = live.budget_reason or ""
+        fields["error_type"] = error_type
+        fields["hint"] = hint
+        stderr = redact(outcome.stderr.strip(), secrets)
+        fields["error"] = redact(
+            f"run {outcome.reason}" + (f": {detail}" if detail else "")
+            + (f" (stderr: {stderr[-500:]})" if stderr and outcome.reason == "crashed" else ""),
+            secrets,
+        )[:2000]
+    return _store_end(env, live, fields)
+
+
+def _finish_error(
+    env: RunEnv,
+    live: LiveRun,
+    exc: AdSandboxError,
+    *,
+    exit_reason: ExitReason,
+    container_id: str | None = None,
+) -> RunRecord:
+    error_type = exc.error_type if exc.error_type in _ERROR_TYPES else "sandbox"
+    fields: dict[str, Any] = {
+        "status": "finished",
+        "exit_reason": exit_reason,
+        "finished_at": time.time(),
+        "success": False,
+        "error": exc.message,
+        "error_type": error_type,
+        "hint": exc.hint,
+        "container_id": container_id,
+    }
+    return _store_end(env, live, fields)
+
+
+_ERROR_TYPES = {"timeout", "budget", "recursion", "not_found", "permission", "usage_limit",
+                "oom", "sandbox", "cli_error"}
+
+
+def _store_end(env: RunEnv, live: LiveRun, fields: dict[str, Any]) -> RunRecord:
+    started = live.record.created_at
+    fields["duration_ms"] = int((fields["finished_at"] - started) * 1000)
+    record = env.state.update_run(live.run_id, **fields)
+    live.finish(record)
+    return record
