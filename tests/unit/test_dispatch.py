@@ -90,7 +90,7 @@ async def test_dispatch_runs_claude_in_a_container_and_records_it(
     record = dispatcher.state.get_run(result.run_id)
     assert record.status == "finished" and record.container_id == result.container_id
     assert runtime.inspect(result.container_id or "") is None  # removed after the run
-    _, argv, env_vars, user, workdir, stdin_file = execs(runtime)[0][1]
+    _, argv, env_vars, _user, workdir, stdin_file = execs(runtime)[0][1]
     assert "say hi" not in " ".join(argv)  # the task never goes into argv
     assert stdin_file == "/run/ad-sandbox/prompt" and workdir == "/workspace"
     assert env_vars["ANTHROPIC_API_KEY"].startswith("ads-run-")
@@ -262,13 +262,15 @@ async def test_concurrency_limit_holds(env: Path, project: Path, runtime: FakeRu
     async def record(update: ProgressUpdate) -> None:
         updates.append(update)
 
-    async with open_dispatcher(runtime=runtime, gateway_host="127.0.0.1",
-                               image_id=lambda ref: "x") as service:
-        async with anyio.create_task_group() as tg:
-            for n in range(3):
-                tg.start_soon(lambda n=n: service.dispatch(
-                    RunRequest(agent="proj", task=f"[[sleep: 0.5]] task {n}"),
-                    progress=record))
+    async with (
+        open_dispatcher(runtime=runtime, gateway_host="127.0.0.1",
+                        image_id=lambda ref: "x") as service,
+        anyio.create_task_group() as tg,
+    ):
+        for n in range(3):
+            tg.start_soon(lambda n=n: service.dispatch(
+                RunRequest(agent="proj", task=f"[[sleep: 0.5]] task {n}"),
+                progress=record))
     assert peak == 1
     assert any(u.state == "queued" and u.queue_position for u in updates)
 
@@ -292,6 +294,7 @@ async def test_secrets_are_files_and_redacted(env: Path, project: Path, runtime:
     def leaky(proc: FakeExec) -> int:
         found = proc.read_file("/run/secrets/TOKEN")
         seen["file"] = found
+        seen["inspect"] = runtime.raw_inspect(proc.container_id)
         proc.out('{"type":"result","subtype":"success","is_error":false,'
                  '"result":"the token is s3cret-value-123","session_id":"s","num_turns":1,'
                  '"total_cost_usd":0,"usage":{"input_tokens":1,"output_tokens":1}}')
@@ -303,7 +306,7 @@ async def test_secrets_are_files_and_redacted(env: Path, project: Path, runtime:
         result = await service.dispatch(RunRequest(agent="proj", task="leak"))
     assert seen["file"].data == b"s3cret-value-123" and seen["file"].mode == 0o400
     assert "s3cret" not in result.result and "[redacted:TOKEN]" in result.result
-    assert "s3cret" not in runtime.raw_inspect(result.container_id or "") if False else True
+    assert "s3cret" not in seen["inspect"]  # not in env, labels or command
 
 
 async def test_orphaned_run_is_ended_truthfully(env: Path, runtime: FakeRuntime) -> None:
