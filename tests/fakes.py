@@ -56,7 +56,9 @@ class FakeDispatcher:
         }
         self.requests: list[RunRequest] = []
         self.cancelled: list[str] = []
-        """Run ids whose dispatch saw cancellation, or that cancel() was called for."""
+        """Run ids whose dispatch saw its awaiting task cancelled."""
+        self.cancel_calls: list[str] = []
+        self.cancel_called = anyio.Event()
         self.blocked = anyio.Event()
         """Set when a ``block`` task is running."""
         self.jobs_by_id: dict[str, _Job] = {}
@@ -220,7 +222,8 @@ class FakeDispatcher:
         return job.status
 
     async def cancel(self, job_id: str) -> JobStatus:
-        self.cancelled.append(job_id)
+        self.cancel_calls.append(job_id)
+        self.cancel_called.set()
         job = self._job(job_id)
         if job.status.status != "finished":
             if job.scope is not None:

@@ -1,0 +1,378 @@
+"""The MCP server against FakeDispatcher, through a real in-process mcp.Client."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+from mcp import Client
+from mcp.types import CallToolResult
+from typer.testing import CliRunner
+
+import orchestrator.cli.serve  # noqa: F401  (registers the command)
+from orchestrator.cli.app import app
+from orchestrator.server import BearerAuth, check_bind, create_server, http_app
+from tests.fakes import FakeDispatcher, fake_factory
+
+pytestmark = pytest.mark.anyio
+DEADLINE = 10
+
+BASE_TOOLS = {
+    "dispatch", "dispatch_session", "dispatch_parallel", "dispatch_stream", "dispatch_dialogue",
+    "dispatch_async", "dispatch_status", "dispatch_wait", "dispatch_cancel", "dispatch_jobs",
+    "fetch_result", "dispatch_gc", "list_agents", "inspect_agent", "list_groups",
+    "inspect_group", "cache_stats", "cache_clear", "sandbox_status",
+}
+MANAGEMENT = {"add_agent", "update_agent", "remove_agent"}
+READ_ONLY = {
+    "dispatch_status", "dispatch_wait", "dispatch_jobs", "fetch_result", "list_agents",
+    "inspect_agent", "list_groups", "inspect_group", "cache_stats", "sandbox_status",
+}
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+def fake() -> FakeDispatcher:
+    return FakeDispatcher(management_tools=True)
+
+
+@asynccontextmanager
+async def connect(fake: FakeDispatcher, **options: Any) -> AsyncIterator[Client]:
+    async with Client(create_server(fake_factory(fake)), **options) as client:
+        yield client
+
+
+def data(result: CallToolResult) -> dict[str, Any]:
+    body = result.structured_content
+    assert isinstance(body, dict), result.content
+    return body
+
+
+async def still_serving(client: Client) -> None:
+    result = await client.call_tool("list_agents", {})
+    assert not result.is_error
+    assert [a["name"] for a in data(result)["agents"]][:2] == ["alpha", "beta"]
+
+
+# --- listing -----------------------------------------------------------------------
+
+
+async def test_lists_every_tool_with_annotations_and_output_schema(fake: FakeDispatcher) -> None:
+    async with connect(fake) as client:
+        tools = {tool.name: tool for tool in (await client.list_tools()).tools}
+    assert set(tools) == BASE_TOOLS | MANAGEMENT
+    for name, tool in tools.items():
+        assert tool.annotations is not None, name
+        assert tool.annotations.read_only_hint is (name in READ_ONLY), name
+        assert tool.output_schema is not None and tool.output_schema["properties"], name
+        assert tool.description, name
+    assert tools["dispatch_cancel"].annotations.destructive_hint is True  # type: ignore[union-attr]
+    assert set(tools["dispatch"].input_schema["required"]) == {"agent", "task"}
+    assert "success" in tools["dispatch"].output_schema["properties"]  # type: ignore[index]
+
+
+async def test_management_tools_absent_when_disabled() -> None:
+    fake = FakeDispatcher(management_tools=False)
+    async with connect(fake) as client:
+        names = {tool.name for tool in (await client.list_tools()).tools}
+        result = await client.call_tool("add_agent", {"name": "x", "directory": "/x"})
+    assert names == BASE_TOOLS
+    assert result.is_error
+    assert "x" not in fake.agents
+
+
+# --- successful calls ----------------------------------------------------------------
+
+
+async def test_dispatch_sends_progress_and_returns_structured_result(fake: FakeDispatcher) -> None:
+    messages: list[str] = []
+
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        messages.append(message or "")
+
+    async with connect(fake) as client:
+        result = await client.call_tool(
+            "dispatch", {"agent": "alpha", "task": "--version", "goal": "g", "timeout_seconds": 5},
+            progress_callback=on_progress,
+        )
+    assert not result.is_error
+    assert data(result)["success"] is True
+    assert data(result)["result"] == "done: --version"
+    request = fake.requests[-1]
+    assert (request.task, request.goal, request.timeout) == ("--version", "g", 5)
+    assert messages[0].startswith("alpha: starting")
+    assert "Read(README.md)" in messages[1]
+    assert "10+5 tok" in messages[1]
+
+
+async def test_progress_reaches_a_json_rpc_client(fake: FakeDispatcher) -> None:
+    messages: list[str] = []
+
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        messages.append(message or "")
+
+    async with connect(fake, mode="legacy") as client:
+        result = await client.call_tool(
+            "dispatch_stream", {"agent": "beta", "task": "t"}, progress_callback=on_progress
+        )
+    assert data(result)["agent"] == "beta"
+    assert len(messages) == 3
+
+
+CALLS: list[tuple[str, dict[str, Any], str, Any]] = [
+    ("dispatch", {"agent": "alpha", "task": "t", "response_format": "json"},
+     "parsed_result", {"task": "t"}),
+    ("dispatch", {"agent": "alpha", "task": "t", "group": "team"}, "success", True),
+    ("dispatch_stream", {"agent": "alpha", "task": "t"}, "outcome", "done"),
+    ("dispatch_session", {"agent": "alpha", "task": "t", "session_id": "s1"}, "session_id", "s1"),
+    ("dispatch_dialogue", {"requester": "alpha", "responder": "beta", "topic": "x"},
+     "resolved", True),
+    ("inspect_agent", {"name": "alpha", "preview_lines": 2}, "preview", "line 0\nline 1"),
+    ("list_groups", {}, "groups", [{"name": "team", "description": "both",
+                                    "members": ["alpha", "beta"]}]),
+    ("inspect_group", {"name": "team"}, "shared_context", "shared"),
+    ("cache_stats", {}, "stats", {"entries": 1, "hits": 0, "misses": 0}),
+    ("cache_clear", {}, "removed", 1),
+    ("dispatch_gc", {}, "removed", 0),
+    ("dispatch_jobs", {}, "jobs", []),
+    ("add_agent", {"name": "gamma", "directory": "/p/g", "model": "haiku"}, "model", "haiku"),
+    ("update_agent", {"name": "beta", "description": "new"}, "description", "new"),
+    ("remove_agent", {"name": "beta"}, "removed", True),
+]
+
+
+@pytest.mark.parametrize(("tool", "args", "key", "expected"), CALLS)
+async def test_tool_returns_structured_result(
+    fake: FakeDispatcher, tool: str, args: dict[str, Any], key: str, expected: Any
+) -> None:
+    async with connect(fake) as client:
+        result = await client.call_tool(tool, args)
+    assert not result.is_error, result.content
+    assert data(result)[key] == expected
+
+
+async def test_sandbox_status(fake: FakeDispatcher) -> None:
+    async with connect(fake) as client:
+        status = data(await client.call_tool("sandbox_status", {}))
+    assert status["budget"] == {"per_run": 1.0, "per_root": 5.0, "daily": 49.5}
+    assert [p["agent"] for p in status["pool"]] == ["alpha", "beta"]
+
+
+async def test_group_reaches_the_request(fake: FakeDispatcher) -> None:
+    async with connect(fake) as client:
+        await client.call_tool("dispatch", {"agent": "alpha", "task": "t", "group": "team"})
+    assert fake.requests[-1].group == "team"
+
+
+async def test_return_ref_then_fetch_result(fake: FakeDispatcher) -> None:
+    async with connect(fake) as client:
+        first = data(await client.call_tool(
+            "dispatch", {"agent": "alpha", "task": "long", "return_ref": True, "summary_chars": 3}
+        ))
+        args = {"ref": first["ref"], "max_chars": 7}
+        fetched = data(await client.call_tool("fetch_result", args))
+    assert first["result"] == "don"
+    assert fetched == {"ref": first["ref"], "text": "done: l"}
+
+
+async def test_parallel_keeps_input_order_and_aggregates(fake: FakeDispatcher) -> None:
+    dispatches = [{"agent": "beta", "task": f"t{i}"} for i in range(4)]
+    async with connect(fake) as client:
+        result = await client.call_tool(
+            "dispatch_parallel", {"dispatches": dispatches, "aggregate": "alpha"}
+        )
+    body = data(result)
+    assert [r["result"] for r in body["results"]] == [f"done: t{i}" for i in range(4)]
+    assert body["aggregate"]["agent"] == "alpha"
+    assert not result.is_error
+
+
+async def test_parallel_is_validated_before_anything_runs(fake: FakeDispatcher) -> None:
+    dispatches = [{"agent": "alpha", "task": "t"}, {"agent": "nobody", "task": "t"}]
+    async with connect(fake) as client:
+        result = await client.call_tool("dispatch_parallel", {"dispatches": dispatches})
+    assert result.is_error
+    assert data(result)["error_type"] == "not_found"
+    assert fake.requests == []
+
+
+async def test_async_job_wait_status_jobs_cancel(fake: FakeDispatcher) -> None:
+    async with connect(fake) as client:
+        job = data(await client.call_tool("dispatch_async", {"agent": "alpha", "task": "quick"}))
+        waited = data(await client.call_tool(
+            "dispatch_wait", {"job_id": job["job_id"], "timeout_seconds": DEADLINE}
+        ))
+        assert waited["status"] == "finished"
+        assert waited["result"]["result"] == "done: quick"
+        status = data(await client.call_tool("dispatch_status", {"job_id": job["job_id"]}))
+        assert status["job_id"] == job["job_id"]
+
+        slow = data(await client.call_tool("dispatch_async", {"agent": "beta", "task": "block"}))
+        with anyio.fail_after(DEADLINE):
+            await fake.blocked.wait()
+        running = data(await client.call_tool(
+            "dispatch_wait", {"job_id": slow["job_id"], "timeout_seconds": 0}
+        ))
+        assert running["status"] == "running"
+        listed = data(await client.call_tool("dispatch_jobs", {"status": "running"}))
+        assert [j["job_id"] for j in listed["jobs"]] == [slow["job_id"]]
+        cancelled = data(await client.call_tool("dispatch_cancel", {"job_id": slow["job_id"]}))
+        assert cancelled["exit_reason"] == "cancelled"
+        assert fake.cancelled == [slow["job_id"]]
+        gc = data(await client.call_tool("dispatch_gc", {}))
+    assert gc["removed"] == 2
+
+
+# --- errors ----------------------------------------------------------------------------
+
+HUGE = "x" * (1024 * 1024)
+BAD_CALLS: list[tuple[str, dict[str, Any], str | None]] = [
+    ("dispatch", {"agent": "nobody", "task": "t"}, "not_found"),
+    ("dispatch", {"agent": "alpha", "task": "   "}, "cli_error"),
+    ("dispatch", {"agent": "alpha", "task": "t", "context": HUGE}, "cli_error"),
+    ("dispatch", {"agent": 3, "task": ["t"]}, None),
+    ("dispatch", {"agent": "alpha"}, None),
+    ("dispatch", {"agent": "alpha", "task": "t", "response_format": "xml"}, None),
+    ("dispatch", {"agent": "alpha", "task": "t", "timeout_seconds": -1}, None),
+    ("dispatch_stream", {"agent": "nobody", "task": "t"}, "not_found"),
+    ("dispatch_session", {"agent": "alpha", "task": "t", "session_id": ""}, None),
+    ("dispatch_session", {"agent": "nobody", "task": "t", "session_id": "s"}, "not_found"),
+    ("dispatch_parallel", {"dispatches": []}, None),
+    ("dispatch_parallel", {"dispatches": "nope"}, None),
+    ("dispatch_parallel", {"dispatches": [{"agent": "alpha", "task": "t"}],
+                           "aggregate": "nobody"}, "not_found"),
+    ("dispatch_dialogue", {"requester": "alpha", "responder": "beta", "topic": "x",
+                           "max_rounds": 11}, None),
+    ("dispatch_dialogue", {"requester": "alpha", "responder": "nobody", "topic": "x"},
+     "not_found"),
+    ("dispatch_async", {"agent": "nobody", "task": "t"}, "not_found"),
+    ("dispatch_async", {"agent": "alpha", "task": ""}, "cli_error"),
+    ("dispatch_status", {"job_id": "missing"}, "not_found"),
+    ("dispatch_status", {"job_id": 5}, None),
+    ("dispatch_wait", {"job_id": "missing", "timeout_seconds": 1}, "not_found"),
+    ("dispatch_wait", {"job_id": "j", "timeout_seconds": "soon"}, None),
+    ("dispatch_cancel", {"job_id": "missing"}, "not_found"),
+    ("dispatch_jobs", {"status": "exploded"}, None),
+    ("dispatch_jobs", {"limit": 0}, None),
+    ("fetch_result", {"ref": "missing"}, "not_found"),
+    ("fetch_result", {"ref": "r", "max_chars": 0}, None),
+    ("inspect_agent", {"name": "nobody"}, "not_found"),
+    ("inspect_agent", {"name": "alpha", "preview_lines": -1}, None),
+    ("inspect_group", {"name": "nope"}, "cli_error"),
+    ("inspect_group", {}, None),
+    ("add_agent", {"name": "alpha", "directory": "/p"}, "cli_error"),
+    ("add_agent", {"name": "n", "directory": "/p", "mount": "rwx"}, None),
+    ("update_agent", {"name": "nobody", "model": "x"}, "not_found"),
+    ("update_agent", {"name": "alpha", "timeout": 0}, None),
+    ("remove_agent", {"name": "nobody"}, "not_found"),
+    ("no_such_tool", {}, None),
+]
+
+
+@pytest.mark.parametrize(("tool", "args", "error_type"), BAD_CALLS)
+async def test_bad_call_is_an_error_result_and_the_server_keeps_serving(
+    fake: FakeDispatcher, tool: str, args: dict[str, Any], error_type: str | None
+) -> None:
+    async with connect(fake) as client:
+        result = await client.call_tool(tool, args)
+        assert result.is_error, result.content
+        if error_type is not None:
+            body = data(result)
+            assert body["error_type"] == error_type
+            assert body["hint"] and body["error"]
+            text = result.content[0].text  # type: ignore[union-attr]
+            assert error_type in text and body["hint"] in text
+        await still_serving(client)
+
+
+@pytest.mark.parametrize(
+    "tool", ["dispatch_gc", "list_agents", "list_groups", "cache_stats", "cache_clear",
+             "sandbox_status"],
+)
+async def test_tools_without_parameters_ignore_unknown_arguments(
+    fake: FakeDispatcher, tool: str
+) -> None:
+    async with connect(fake) as client:
+        result = await client.call_tool(tool, {"unexpected": [1, {"x": None}]})
+        assert not result.is_error, result.content
+        await still_serving(client)
+
+
+async def test_failed_run_is_error_and_keeps_structured_fields(fake: FakeDispatcher) -> None:
+    async with connect(fake) as client:
+        result = await client.call_tool("dispatch", {"agent": "alpha", "task": "fail"})
+        assert result.is_error
+        assert data(result)["success"] is False
+        assert data(result)["error_type"] == "cli_error"
+        assert data(result)["run_id"]
+        await still_serving(client)
+
+
+async def test_a_crash_in_the_service_is_an_error_result(fake: FakeDispatcher) -> None:
+    async with connect(fake) as client:
+        result = await client.call_tool("dispatch", {"agent": "alpha", "task": "boom"})
+        assert result.is_error
+        assert "RuntimeError: fake bug" in data(result)["error"]
+        await still_serving(client)
+
+
+# --- cancellation ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["auto", "legacy"])
+async def test_cancelling_an_in_flight_dispatch_reaches_the_dispatcher(
+    fake: FakeDispatcher, mode: str
+) -> None:
+    """auto: the in-process call is cancelled; legacy: notifications/cancelled over JSON-RPC."""
+    async with connect(fake, mode=mode) as client:
+        with anyio.fail_after(DEADLINE):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(client.call_tool, "dispatch", {"agent": "alpha", "task": "block"})
+                await fake.blocked.wait()
+                tg.cancel_scope.cancel()
+            await fake.cancel_called.wait()
+        assert len(fake.cancelled) == 1
+        assert fake.cancel_calls == fake.cancelled  # the server also asked for the kill
+        await still_serving(client)
+
+
+# --- HTTP guards and CLI ---------------------------------------------------------------
+
+
+def test_binding_beyond_loopback_needs_a_token() -> None:
+    for host in ("127.0.0.1", "localhost", "::1", "127.0.0.5"):
+        check_bind(host, None)
+    check_bind("0.0.0.0", "secret")
+    with pytest.raises(Exception, match="without a bearer token") as info:
+        check_bind("0.0.0.0", None)
+    assert "AD_SANDBOX_MCP_TOKEN" in info.value.hint  # type: ignore[attr-defined]
+
+
+def test_serve_refuses_a_public_bind_without_token(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("AD_SANDBOX_MCP_TOKEN", raising=False)
+    result = CliRunner().invoke(app, ["serve", "--transport", "http", "--host", "0.0.0.0"])
+    assert result.exit_code == 2
+    assert "without a bearer token" in result.output
+
+
+async def test_bearer_token_is_required_when_set(fake: FakeDispatcher) -> None:
+    server = create_server(fake_factory(fake))
+    guarded = http_app(server, host="127.0.0.1", token="s3cret")
+    assert isinstance(guarded, BearerAuth)
+    transport = httpx.ASGITransport(app=guarded)
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:1") as http:
+        missing = await http.post("/mcp", json={})
+        wrong = await http.post("/mcp", json={}, headers={"Authorization": "Bearer nope"})
+        # Past the guard: a path the MCP app does not serve.
+        right = await http.get("/elsewhere", headers={"Authorization": "Bearer s3cret"})
+    assert missing.status_code == 401 and wrong.status_code == 401
+    assert missing.headers["www-authenticate"] == "Bearer"
+    assert right.status_code == 404
