@@ -34,7 +34,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from orchestrator import __version__
 from orchestrator.config import Mount, PermissionMode
 from orchestrator.errors import AdSandboxError, UsageError
-from orchestrator.models import RunStatus
+from orchestrator.models import ErrorType, RunStatus
 from orchestrator.results import DispatchResult, ProgressFn, ProgressUpdate
 from orchestrator.service import (
     AgentArgs,
@@ -97,7 +97,11 @@ def ok_result(model: BaseModel, *, is_error: bool = False) -> CallToolResult:
 
 
 def error_result(exc: AdSandboxError) -> CallToolResult:
-    """An ``isError`` result the calling model can act on: message, error_type, hint."""
+    """An ``isError`` result the calling model can act on: message, error_type, hint.
+
+    Text only: strict clients check structured content against the tool's outputSchema
+    even on errors, and an error has the shape of no tool's output.
+    """
     data: dict[str, Any] = {
         "success": False,
         "error": exc.message,
@@ -106,29 +110,47 @@ def error_result(exc: AdSandboxError) -> CallToolResult:
     }
     if exc.data:
         data["details"] = _jsonable(exc.data)
-    text = json.dumps(data, ensure_ascii=False)
     return CallToolResult(
-        content=[TextContent(type="text", text=text)], structured_content=data, is_error=True
+        content=[TextContent(type="text", text=json.dumps(data, ensure_ascii=False))],
+        is_error=True,
+    )
+
+
+def refused_run(agent: str, exc: AdSandboxError) -> DispatchResult:
+    """A refused dispatch as a failed run, so it keeps dispatch's outputSchema."""
+    return DispatchResult(
+        agent=agent,
+        success=False,
+        error=exc.message,
+        error_type=cast(ErrorType, exc.error_type),
+        hint=exc.hint,
+        budget_exceeded=exc.error_type == "budget",
+    )
+
+
+def _crash(exc: Exception) -> AdSandboxError:
+    # A bug, not bad input: keep serving, tell the caller where the traceback is.
+    logger.exception("tool call crashed")
+    return AdSandboxError(
+        f"internal error: {type(exc).__name__}: {exc}",
+        hint="This is an ad-sandbox bug; the server's stderr log has the traceback.",
     )
 
 
 async def _answer(
-    work: Awaitable[M], failed: Callable[[M], bool] = lambda _: False
+    work: Awaitable[M],
+    failed: Callable[[M], bool] = lambda _: False,
+    as_result: Callable[[AdSandboxError], BaseModel] | None = None,
 ) -> CallToolResult:
+    """Await the service; its refusals and crashes become ``isError`` results."""
     try:
         model = await work
-    except AdSandboxError as exc:
-        logger.info("tool call refused: %s (%s)", exc.message, exc.error_type)
-        return error_result(exc)
     except Exception as exc:
-        # A bug, not bad input: keep serving, tell the caller where the traceback is.
-        logger.exception("tool call crashed")
-        return error_result(
-            AdSandboxError(
-                f"internal error: {type(exc).__name__}: {exc}",
-                hint="This is an ad-sandbox bug; the server's stderr log has the traceback.",
-            )
-        )
+        error = exc if isinstance(exc, AdSandboxError) else _crash(exc)
+        logger.info("tool call refused: %s (%s)", error.message, error.error_type)
+        if as_result is not None:
+            return ok_result(as_result(error), is_error=True)
+        return error_result(error)
     return ok_result(model, is_error=failed(model))
 
 
@@ -154,12 +176,15 @@ class _Progress:
 
 
 async def _long(
-    ctx: Ctx, call: Callable[[ProgressFn], Awaitable[M]], failed: Callable[[M], bool]
+    ctx: Ctx,
+    call: Callable[[ProgressFn], Awaitable[M]],
+    failed: Callable[[M], bool],
+    as_result: Callable[[AdSandboxError], BaseModel] | None = None,
 ) -> CallToolResult:
     """Run a long tool with progress; on MCP cancellation make sure its runs are killed."""
     progress = _Progress(ctx)
     try:
-        return await _answer(call(progress), failed)
+        return await _answer(call(progress), failed, as_result)
     except anyio.get_cancelled_exc_class():
         with anyio.move_on_after(CANCEL_GRACE_S, shield=True):
             for run_id in sorted(progress.live):
@@ -222,6 +247,7 @@ async def dispatch(
             req, progress=p, return_ref=return_ref, summary_chars=summary_chars
         ),
         _run_failed,
+        partial(refused_run, agent),
     )
 
 
@@ -263,7 +289,9 @@ async def dispatch_session(
         response_format=response_format, timeout_seconds=timeout_seconds,
     ).to_request().model_copy(update={"session_id": session_id})
     service = _service(ctx)
-    return await _long(ctx, lambda p: service.dispatch(req, progress=p), _run_failed)
+    return await _long(
+        ctx, lambda p: service.dispatch(req, progress=p), _run_failed, partial(refused_run, agent)
+    )
 
 
 async def dispatch_parallel(

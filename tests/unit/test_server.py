@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -10,7 +11,7 @@ import anyio
 import httpx
 import pytest
 from mcp import Client
-from mcp.types import CallToolResult
+from mcp.types import CallToolResult, TextContent
 from typer.testing import CliRunner
 
 import orchestrator.cli.serve  # noqa: F401  (registers the command)
@@ -27,6 +28,7 @@ BASE_TOOLS = {
     "fetch_result", "dispatch_gc", "list_agents", "inspect_agent", "list_groups",
     "inspect_group", "cache_stats", "cache_clear", "sandbox_status",
 }
+RUN_TOOLS = {"dispatch", "dispatch_stream", "dispatch_session"}
 MANAGEMENT = {"add_agent", "update_agent", "remove_agent"}
 READ_ONLY = {
     "dispatch_status", "dispatch_wait", "dispatch_jobs", "fetch_result", "list_agents",
@@ -53,6 +55,16 @@ async def connect(fake: FakeDispatcher, **options: Any) -> AsyncIterator[Client]
 def data(result: CallToolResult) -> dict[str, Any]:
     body = result.structured_content
     assert isinstance(body, dict), result.content
+    return body
+
+
+def error_body(result: CallToolResult) -> dict[str, Any]:
+    """The error fields, from the text every client reads."""
+    assert result.is_error
+    block = result.content[0]
+    assert isinstance(block, TextContent)
+    body = json.loads(block.text)
+    assert isinstance(body, dict)
     return body
 
 
@@ -199,8 +211,8 @@ async def test_parallel_is_validated_before_anything_runs(fake: FakeDispatcher) 
     dispatches = [{"agent": "alpha", "task": "t"}, {"agent": "nobody", "task": "t"}]
     async with connect(fake) as client:
         result = await client.call_tool("dispatch_parallel", {"dispatches": dispatches})
-    assert result.is_error
-    assert data(result)["error_type"] == "not_found"
+    assert error_body(result)["error_type"] == "not_found"
+    assert result.structured_content is None  # an error is not a ParallelResult
     assert fake.requests == []
 
 
@@ -285,11 +297,15 @@ async def test_bad_call_is_an_error_result_and_the_server_keeps_serving(
         result = await client.call_tool(tool, args)
         assert result.is_error, result.content
         if error_type is not None:
-            body = data(result)
+            body = error_body(result)
             assert body["error_type"] == error_type
             assert body["hint"] and body["error"]
-            text = result.content[0].text  # type: ignore[union-attr]
-            assert error_type in text and body["hint"] in text
+            assert body["success"] is False
+            if tool in RUN_TOOLS:  # refused runs keep dispatch's outputSchema
+                assert data(result)["agent"] == args["agent"]
+                assert data(result)["error_type"] == error_type
+            else:
+                assert result.structured_content is None
         await still_serving(client)
 
 
@@ -320,7 +336,7 @@ async def test_a_crash_in_the_service_is_an_error_result(fake: FakeDispatcher) -
     async with connect(fake) as client:
         result = await client.call_tool("dispatch", {"agent": "alpha", "task": "boom"})
         assert result.is_error
-        assert "RuntimeError: fake bug" in data(result)["error"]
+        assert "RuntimeError: fake bug" in error_body(result)["error"]
         await still_serving(client)
 
 
