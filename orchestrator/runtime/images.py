@@ -7,14 +7,11 @@ it; a build whose inputs did not change is skipped ("up to date").
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-import os
-import platform
 import shutil
-import subprocess
-import tarfile
 import tempfile
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +22,7 @@ import orchestrator
 from orchestrator import paths
 from orchestrator.errors import ImageMissing, SandboxError
 from orchestrator.runtime.engine import connect
+from orchestrator.runtime.staging import StagedBinary, run_streaming, stage_claude
 
 Progress = Callable[[str], None]
 
@@ -35,7 +33,6 @@ UPSTREAM_BASE = "debian:bookworm-slim"
 SUITE = "bookworm"
 LABEL_HASH = "ad-sandbox.inputs-hash"
 LABEL_VERSION = "ad-sandbox.claude-version"
-_NPM_PACKAGE = "@anthropic-ai/claude-code-linux-{arch}"
 
 
 @dataclass(frozen=True)
@@ -47,15 +44,6 @@ class ImageStatus:
     size_bytes: int
     claude_version: str | None
     labels: dict[str, str]
-
-
-@dataclass(frozen=True)
-class StagedBinary:
-    """The ``claude`` binary staged on the host, ready to be the agent build context."""
-
-    path: Path
-    sha256: str
-    size: int
 
 
 def agent_ref(claude_version: str = orchestrator.CLAUDE_VERSION) -> str:
@@ -213,8 +201,9 @@ def _build_base_dockerfile(images: Path, force: bool, progress: Progress) -> lis
         upstream = _upstream_id() or ""
         wanted = base_inputs_hash(images, offline=False, upstream_id=upstream)
     progress(f"building {BASE_REF} from {UPSTREAM_BASE}")
-    _docker_build(images / "base", images / "base" / "Dockerfile", BASE_REF, wanted,
-                  {}, force, progress)
+    _docker_build(
+        images / "base", images / "base" / "Dockerfile", BASE_REF, wanted, {}, force, progress
+    )
     return [BASE_REF]
 
 
@@ -240,17 +229,22 @@ def _build_base_offline(images: Path, force: bool, progress: Progress) -> list[s
         rootfs = Path(tmp) / "rootfs.tar"
         # No mirror argument: mmdebstrap then uses the stable mirrors apt is set up for.
         argv = [
-            "mmdebstrap", "--variant=minbase", "--include=" + ",".join(packages),
-            "--aptopt=APT::Install-Recommends \"false\"",
+            "mmdebstrap",
+            "--variant=minbase",
+            "--include=" + ",".join(packages),
+            '--aptopt=APT::Install-Recommends "false"',
             f"--dpkgopt={images / 'base' / 'dpkg-excludes.cfg'}",
-            SUITE, str(rootfs),
+            SUITE,
+            str(rootfs),
         ]
         progress(f"building {BASE_REF} offline: mmdebstrap {SUITE} ({', '.join(packages)})")
-        _run_streaming(argv, progress)
+        run_streaming(argv, progress)
         progress(f"importing {BASE_REF}")
         try:
             connect().api.import_image_from_file(
-                str(rootfs), repository=BASE_REF.split(":")[0], tag=BASE_REF.split(":")[1],
+                str(rootfs),
+                repository=BASE_REF.split(":")[0],
+                tag=BASE_REF.split(":")[1],
                 changes=["ENV LANG=C.UTF-8", 'CMD ["/bin/bash"]', f"LABEL {LABEL_HASH}={wanted}"],
             )
         except DockerException as exc:
@@ -259,7 +253,11 @@ def _build_base_offline(images: Path, force: bool, progress: Progress) -> list[s
 
 
 def _build_agent(
-    images: Path, version: str, base_id: str, binary: StagedBinary, force: bool,
+    images: Path,
+    version: str,
+    base_id: str,
+    binary: StagedBinary,
+    force: bool,
     progress: Progress,
 ) -> list[str]:
     dockerfile = images / "agent" / "Dockerfile"
@@ -272,24 +270,50 @@ def _build_agent(
         return []
     progress(f"building {ref}")
     image_id = _docker_build(
-        binary.path.parent, dockerfile, ref, wanted,
-        {"BASE_IMAGE": BASE_REF, "CLAUDE_VERSION": version}, force, progress,
+        binary.path.parent,
+        dockerfile,
+        ref,
+        wanted,
+        {"BASE_IMAGE": BASE_REF, "CLAUDE_VERSION": version},
+        force,
+        progress,
     )
     _tag(image_id, AGENT_LATEST)
+    if current is not None and current.id != image_id:
+        _drop_untagged(current.id)
     return [ref, AGENT_LATEST]
 
 
+def _drop_untagged(image_id: str) -> None:
+    """Remove a replaced agent image (400 MB each) once nothing names or uses it."""
+    with contextlib.suppress(DockerException):  # in use by a container: the engine keeps it
+        if not connect().images.get(image_id).tags:
+            connect().api.remove_image(image_id, noprune=False)
+
+
 def _docker_build(
-    context: Path, dockerfile: Path, ref: str, wanted_hash: str, buildargs: dict[str, str],
-    force: bool, progress: Progress,
+    context: Path,
+    dockerfile: Path,
+    ref: str,
+    wanted_hash: str,
+    buildargs: dict[str, str],
+    force: bool,
+    progress: Progress,
 ) -> str:
     """Run one ``docker build``, streaming its output; return the new image id."""
     lines: list[str] = []
     try:
         stream = connect().api.build(
-            path=str(context), dockerfile=str(dockerfile), tag=ref, buildargs=buildargs,
-            labels={LABEL_HASH: wanted_hash}, rm=True, forcerm=True, nocache=force,
-            pull=False, decode=True,
+            path=str(context),
+            dockerfile=str(dockerfile),
+            tag=ref,
+            buildargs=buildargs,
+            labels={LABEL_HASH: wanted_hash},
+            rm=True,
+            forcerm=True,
+            nocache=force,
+            pull=False,
+            decode=True,
         )
         for chunk in stream:
             if "error" in chunk:
@@ -322,104 +346,6 @@ def _tag(image_id: str, ref: str) -> None:
         connect().api.tag(image_id, repo, tag, force=True)
     except DockerException as exc:
         raise SandboxError(f"could not tag {ref}: {exc}") from exc
-
-
-# --- staging the claude binary ---------------------------------------------------------
-
-
-def claude_arch(machine: str | None = None) -> str:
-    """The npm platform suffix for this machine: ``x64`` or ``arm64``."""
-    machine = (machine or platform.machine()).lower()
-    if machine in ("x86_64", "amd64"):
-        return "x64"
-    if machine in ("aarch64", "arm64"):
-        return "arm64"
-    raise SandboxError(f"no claude binary is published for {machine}",
-                       hint="Run ad-sandbox on an x86_64 or arm64 Linux host.")
-
-
-def stage_claude(version: str, progress: Progress) -> StagedBinary:
-    """The pinned binary under ``<state>/stage/<version>/claude``, fetched with ``npm pack``
-    the first time (the platform package holds the self-contained binary)."""
-    dest = paths.state_dir() / "stage" / version / "claude"
-    meta = dest.with_name("claude.sha256")
-    if dest.is_file():  # only ever created by an atomic rename, so it is whole
-        recorded = meta.read_text() if meta.is_file() else ""
-        sha, _, known_size = recorded.strip().partition(" ")
-        if known_size.isdigit() and int(known_size) == dest.stat().st_size:
-            return StagedBinary(dest, sha, int(known_size))
-        return _record_sha(dest, meta)
-    if shutil.which("npm") is None:
-        raise SandboxError("npm is not installed (needed to fetch the claude binary)",
-                           hint="Install it (`apt-get install -y npm`, or scripts/bootstrap.sh).")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    spec = f"{_NPM_PACKAGE.format(arch=claude_arch())}@{version}"
-    progress(f"fetching claude {version}: npm pack {spec}")
-    with tempfile.TemporaryDirectory(dir=dest.parent) as tmp:
-        _run_streaming(["npm", "pack", "--silent", spec], progress, cwd=Path(tmp))
-        tarballs = list(Path(tmp).glob("*.tgz"))
-        if len(tarballs) != 1:
-            raise SandboxError(f"npm pack {spec} produced no single tarball")
-        extract_binary(tarballs[0], dest)
-    staged = _record_sha(dest, meta)
-    progress(f"staged claude {version} ({staged.size // 1_000_000} MB)")
-    return staged
-
-
-def _record_sha(binary: Path, meta: Path) -> StagedBinary:
-    staged = StagedBinary(binary, _sha256(binary), binary.stat().st_size)
-    meta.write_text(f"{staged.sha256} {staged.size}\n")
-    return staged
-
-
-def extract_binary(tarball: Path, dest: Path) -> None:
-    """Extract only ``package/claude`` from an npm tarball to ``dest`` (mode 0755)."""
-    partial = dest.with_name(dest.name + ".partial")
-    with tarfile.open(tarball, "r:gz") as archive:
-        try:
-            member = archive.getmember("package/claude")
-        except KeyError:
-            raise SandboxError(f"{tarball.name} holds no package/claude") from None
-        source = archive.extractfile(member)
-        if source is None or not member.isfile():
-            raise SandboxError(f"{tarball.name}: package/claude is not a file")
-        with source, partial.open("wb") as target:
-            shutil.copyfileobj(source, target, 1 << 20)
-    partial.chmod(0o755)
-    os.replace(partial, dest)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _run_streaming(argv: list[str], progress: Progress, cwd: Path | None = None) -> None:
-    """Run a host tool, passing each output line to ``progress``; raise on failure."""
-    lines: list[str] = []
-    with subprocess.Popen(
-        argv, cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True, errors="replace",
-    ) as proc:
-        assert proc.stdout is not None
-        for line in _nonblank(proc.stdout):
-            lines.append(line)
-            progress(line)
-    if proc.returncode != 0:
-        raise SandboxError(
-            f"{argv[0]} failed (exit {proc.returncode}): {lines[-1] if lines else 'no output'}",
-            hint="Read the output above; check the network to the package registries.",
-            last_lines=lines[-20:],
-        )
-
-
-def _nonblank(stream: Iterable[str]) -> Iterator[str]:
-    for line in stream:
-        if line.strip():
-            yield line.rstrip()
 
 
 def _first_line(exc: Exception) -> str:

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from orchestrator.errors import SandboxError
-from orchestrator.runtime import images
-from orchestrator.runtime.images import ImageStatus, StagedBinary
+from orchestrator.runtime import images, staging
+from orchestrator.runtime.images import ImageStatus
+from orchestrator.runtime.staging import StagedBinary
 
 
 def status(labels: dict[str, str], image_id: str = "sha256:aa") -> ImageStatus:
@@ -57,10 +58,10 @@ def test_up_to_date_only_with_the_same_label() -> None:
 
 
 def test_claude_arch_names() -> None:
-    assert images.claude_arch("x86_64") == "x64"
-    assert images.claude_arch("aarch64") == "arm64"
+    assert staging.claude_arch("x86_64") == "x64"
+    assert staging.claude_arch("aarch64") == "arm64"
     with pytest.raises(SandboxError, match="riscv64"):
-        images.claude_arch("riscv64")
+        staging.claude_arch("riscv64")
 
 
 def npm_tarball(path: Path, claude: bytes | None) -> Path:
@@ -79,7 +80,7 @@ def test_extract_binary_takes_only_claude_and_makes_it_executable(tmp_path: Path
     tarball = npm_tarball(tmp_path / "pkg.tgz", b"#!binary")
     dest = tmp_path / "out" / "claude"
     dest.parent.mkdir()
-    images.extract_binary(tarball, dest)
+    staging.extract_binary(tarball, dest)
     assert dest.read_bytes() == b"#!binary"
     assert dest.stat().st_mode & 0o777 == 0o755
     assert sorted(p.name for p in dest.parent.iterdir()) == ["claude"]
@@ -88,7 +89,7 @@ def test_extract_binary_takes_only_claude_and_makes_it_executable(tmp_path: Path
 def test_extract_binary_without_claude_is_our_error(tmp_path: Path) -> None:
     tarball = npm_tarball(tmp_path / "pkg.tgz", None)
     with pytest.raises(SandboxError, match="package/claude"):
-        images.extract_binary(tarball, tmp_path / "claude")
+        staging.extract_binary(tarball, tmp_path / "claude")
 
 
 def test_stage_claude_reuses_the_cached_binary_without_npm(
@@ -100,10 +101,10 @@ def test_stage_claude_reuses_the_cached_binary_without_npm(
     cached.parent.mkdir(parents=True)
     cached.write_bytes(b"binary")
     said: list[str] = []
-    first = images.stage_claude("9.9.9", said.append)
+    first = staging.stage_claude("9.9.9", said.append)
     assert first.size == 6 and len(first.sha256) == 64
     assert cached.with_name("claude.sha256").read_text().split() == [first.sha256, "6"]
-    assert images.stage_claude("9.9.9", said.append) == first
+    assert staging.stage_claude("9.9.9", said.append) == first
     assert said == []  # nothing fetched
 
 
@@ -113,7 +114,7 @@ def test_stage_claude_without_npm_says_how_to_get_it(
     monkeypatch.setenv("AD_SANDBOX_STATE_DIR", str(tmp_path))
     monkeypatch.setenv("PATH", str(tmp_path / "no-tools"))
     with pytest.raises(SandboxError, match="npm") as caught:
-        images.stage_claude("9.9.9", lambda line: None)
+        staging.stage_claude("9.9.9", lambda line: None)
     assert "apt-get install -y npm" in caught.value.hint
 
 
@@ -125,7 +126,7 @@ def test_build_skips_images_whose_inputs_did_not_change(
     binary = tmp_path / "stage" / "9.9.9" / "claude"
     binary.parent.mkdir(parents=True)
     binary.write_bytes(b"binary")
-    staged = images.stage_claude("9.9.9", lambda line: None)
+    staged = staging.stage_claude("9.9.9", lambda line: None)
     root = images.images_dir()
     base = status({images.LABEL_HASH: images.base_inputs_hash(root, offline=True)}, "sha256:b")
     agent_hash = images.agent_inputs_hash(
