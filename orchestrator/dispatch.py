@@ -25,6 +25,7 @@ from orchestrator.configfile import ConfigSnapshot
 from orchestrator.errors import (
     AdSandboxError,
     BudgetExceeded,
+    DockerUnavailable,
     RecursionLimit,
     RunNotFound,
     UsageError,
@@ -52,7 +53,7 @@ log = logging.getLogger(__name__)
 MAX_PROMPT_CHARS = 400_000
 """Task + context + goal. Beyond this the model's context window is the wrong channel."""
 HOUSEKEEPING_S = 30.0
-SLOT_RECHECK_S = 1.0
+SLOT_RECHECK_S = 0.2
 """Waiting for a slot another process holds: local releases wake at once, others are re-read."""
 
 
@@ -88,7 +89,7 @@ class Dispatcher:
         try:
             await anyio.to_thread.run_sync(lambda: reap(self.runtime, self.state))
         except AdSandboxError as exc:  # Docker down: runs will say so, with a record each
-            log.warning("start-up reap skipped: %s", exc.one_line())
+            log.info("start-up reap skipped: %s", exc.one_line())
         tg.start_soon(self._housekeeping)
         if warm:
             await self.ensure_sandbox()
@@ -239,6 +240,9 @@ class Dispatcher:
     async def _run(self, request: RunRequest, live: LiveRun) -> None:
         try:
             await self._run_inner(request, live)
+        except AdSandboxError as exc:  # e.g. the engine went away before the container
+            if not live.done:
+                live.finish(self._end_with_error(live.run_id, exc))
         except BaseException as exc:
             with anyio.CancelScope(shield=True):
                 if not live.done:
@@ -304,14 +308,22 @@ class Dispatcher:
                       pool=self._pool)
 
     async def _acquire_slot(self, live: LiveRun, limit: int) -> None:
-        while not self.state.acquire_slot(live.run_id, owner_pid=self.pid, limit=limit):
+        """A machine-wide concurrency slot, first come first served across processes."""
+        if self.state.acquire_slot(live.run_id, owner_pid=self.pid, limit=limit):
+            return
+        self.state.enqueue(live.run_id, self.pid)
+        try:
+            while not self.state.acquire_slot(live.run_id, owner_pid=self.pid, limit=limit):
+                with live.lock:
+                    live.queue_position = self.state.queue_position(live.run_id)
+                live.poke()
+                # A release in this process wakes us at once; other processes' are re-read.
+                with anyio.move_on_after(SLOT_RECHECK_S):
+                    await self._slot_freed.wait()
+        finally:
+            self.state.dequeue(live.run_id)
             with live.lock:
-                live.queue_position = len(self.state.slot_holders()) - limit + 1
-            live.poke()
-            with anyio.move_on_after(SLOT_RECHECK_S):
-                await self._slot_freed.wait()
-        with live.lock:
-            live.queue_position = None
+                live.queue_position = None
 
     # ---- cache -------------------------------------------------------------------------
 
@@ -400,9 +412,7 @@ async def open_dispatcher(*, warm: bool = False, runtime: Runtime | None = None,
                           ) -> AsyncIterator[Dispatcher]:
     """Start the dispatcher with its gateway, reaper and (optionally) warm pools."""
     if runtime is None:
-        from orchestrator.runtime.docker_runtime import DockerRuntime
-
-        runtime = DockerRuntime()
+        runtime = _docker_runtime()
     owned_state = state is None
     store = StateStore() if state is None else state
     dispatcher = Dispatcher(snapshot=ConfigSnapshot(), state=store, runtime=runtime,
@@ -419,6 +429,17 @@ async def open_dispatcher(*, warm: bool = False, runtime: Runtime | None = None,
     finally:
         if owned_state:
             store.close()
+
+
+def _docker_runtime() -> Runtime:
+    from orchestrator.runtime.docker_runtime import DockerRuntime
+    from orchestrator.runtime.unavailable import UnavailableRuntime
+
+    try:
+        return DockerRuntime()
+    except DockerUnavailable as exc:
+        log.info("%s", exc.one_line())
+        return UnavailableRuntime(exc)
 
 
 def _docker_image_id(ref: str) -> str | None:

@@ -219,6 +219,7 @@ async def _run_claude(
 
     exec_result: ExecResult | None = None
     timed_out = False
+    exec_started = time.time()
     try:
         with anyio.move_on_after(timeout) as scope:
             exec_result = await anyio.to_thread.run_sync(run_exec, abandon_on_cancel=True)
@@ -234,8 +235,11 @@ async def _run_claude(
     log_file.close()
     exit_code = exec_result.exit_code if exec_result else None
     oom = bool(exec_result and exec_result.oom_killed)
-    if not oom and exit_code == 137 and not timed_out and not live.cancel_requested:
-        oom = await anyio.to_thread.run_sync(runtime.was_oom_killed, container_id)
+    if not oom and not timed_out and not live.cancel_requested:
+        # Any process of the run (a tool's child too) killed by the kernel for memory makes
+        # the run an OOM run; Docker's record of it decides, not the agent's text.
+        oom = await anyio.to_thread.run_sync(
+            lambda: runtime.was_oom_killed(container_id, since=exec_started))
     result = parser.result()
     reason: ExitReason
     if live.cancel_requested:

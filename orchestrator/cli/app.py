@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 from collections.abc import Callable
 from functools import wraps
-from typing import ParamSpec, TypeVar
+from typing import Annotated, ParamSpec, TypeVar
 
 import typer
 
@@ -18,6 +19,20 @@ app = typer.Typer(
     help="Callable Claude Code agents, one Docker container per run.",
     pretty_exceptions_enable=False,
 )
+
+
+@app.callback()
+def _root(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log what happens.")] = False,
+) -> None:
+    """Callable Claude Code agents, one Docker container per run."""
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
 image_app = typer.Typer(no_args_is_help=True, help="Build and inspect the agent images.")
 app.add_typer(image_app, name="image")
 

@@ -71,7 +71,7 @@ class PoolMixin(StoreBase):
                 (agent, image, now),
             ).fetchall()
             for container_id, pid in rows:
-                if not pid_alive(pid):
+                if pid and not pid_alive(pid):  # pid 0: detached (made by `up`), lease only
                     continue
                 conn.execute(
                     "UPDATE containers SET state = 'claimed', run_id = ?, owner_pid = ?, "
@@ -134,7 +134,7 @@ class PoolMixin(StoreBase):
                 verdicts[lease.owner_pid] = alive(lease.owner_pid)
             if (
                 lease.lease_until <= now
-                or not verdicts[lease.owner_pid]
+                or (lease.owner_pid != 0 and not verdicts[lease.owner_pid])
                 or run_status == "finished"
             ):
                 found.append(lease)

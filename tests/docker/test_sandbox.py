@@ -1,0 +1,253 @@
+"""Issue 3's proofs, against the real engine, the real claude 2.1.332 and the stub model.
+
+Each test drives `ad-sandbox` the way a user does (the CLI in a subprocess) or the
+dispatcher in-process over the real Docker runtime.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import docker
+import httpx
+import pytest
+
+from orchestrator.state import StateStore
+from tests.docker.support import (
+    AD_SANDBOX,
+    agent_containers,
+    cli_env,
+    run_cli,
+    run_json,
+    wait_for,
+    write_config,
+)
+
+pytestmark = [pytest.mark.docker, pytest.mark.slow]
+
+MCP_SERVER = r'''
+import json, sys
+
+def reply(msg_id, result):
+    sys.stdout.write(json.dumps({"jsonrpc": "2.0", "id": msg_id, "result": result}) + "\n")
+    sys.stdout.flush()
+
+for line in sys.stdin:
+    msg = json.loads(line)
+    method, msg_id = msg.get("method"), msg.get("id")
+    if method == "initialize":
+        reply(msg_id, {"protocolVersion": msg["params"]["protocolVersion"],
+                       "capabilities": {"tools": {}},
+                       "serverInfo": {"name": "calc", "version": "1"}})
+    elif method == "tools/list":
+        reply(msg_id, {"tools": [{"name": "add", "description": "Add two integers",
+                                  "inputSchema": {"type": "object",
+                                                  "properties": {"a": {"type": "integer"},
+                                                                 "b": {"type": "integer"}},
+                                                  "required": ["a", "b"]}}]})
+    elif method == "tools/call":
+        args = msg["params"]["arguments"]
+        text = f"sum from the project server: {args['a'] + args['b']}"
+        reply(msg_id, {"content": [{"type": "text", "text": text}]})
+    elif msg_id is not None:
+        reply(msg_id, {})
+'''
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    return tmp_path
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    folder = tmp_path / "proj"
+    folder.mkdir()
+    (folder / "README.md").write_text("# the project\n")
+    return folder
+
+
+@pytest.fixture
+def client() -> docker.DockerClient:
+    return docker.from_env()
+
+
+@pytest.fixture(autouse=True)
+def no_leftovers(client: docker.DockerClient) -> Any:
+    yield
+    leftovers = [c for c in agent_containers(client, "proj")]
+    for container in leftovers:
+        container.remove(force=True)
+    assert not leftovers, f"containers left behind: {[c.name for c in leftovers]}"
+
+
+def test_a_run_sees_only_its_project_with_limits_in_force(home: Path, project: Path) -> None:
+    os.chown(project, 4321, 4321)
+    os.chown(project / "README.md", 4321, 4321)
+    write_config(home, {"proj": {"directory": str(project),
+                                 "resources": {"memory": "1g", "pids": 300}}})
+    probe = ("ls -A /workspace; id -u; id -g; touch /probe 2>/dev/null || echo ROOT-RO; "
+             "grep CapEff /proc/self/status; "
+             "cat /sys/fs/cgroup/memory/memory.limit_in_bytes /sys/fs/cgroup/pids/pids.max; "
+             "echo MOUNTS; awk '{print $5}' /proc/self/mountinfo | sort -u; "
+             "ls /var/run/docker.sock 2>&1 | grep -c 'No such' ; echo > /workspace/made")
+    code, result = run_json(home, "proj", f"[[bash: {probe}]]")
+    assert code == 0, result
+    out = result["result"]
+    lines = out.removeprefix("tool result: ").splitlines()
+    assert lines[:3] == ["README.md", "4321", "4321"]
+    assert "ROOT-RO" in lines and "CapEff:\t0000000000000000" in lines
+    assert "1073741824" in lines and "300" in lines
+    mounts = set(lines[lines.index("MOUNTS") + 1:-1])
+    host_visible = {m for m in mounts if not m.startswith(("/proc", "/dev", "/sys"))}
+    assert host_visible <= {"/", "/workspace", "/tmp", "/run/secrets", "/run/ad-sandbox",
+                            "/var/lib/ad-sandbox/claude", "/etc/hosts", "/etc/hostname",
+                            "/etc/resolv.conf", "/sbin/docker-init",
+                            "/usr/sbin/docker-init"}, host_visible
+    assert lines[-1] == "1"  # no Docker socket
+    assert (project / "made").stat().st_uid == 4321  # files it writes belong to the owner
+
+
+def test_timeout_kills_the_container_within_the_deadline(
+    home: Path, project: Path, client: docker.DockerClient
+) -> None:
+    write_config(home, {"proj": {"directory": str(project)}})
+    started = time.monotonic()
+    code, result = run_json(home, "proj", "[[sleep: 600]] never", "--timeout", "5")
+    assert code == 3
+    assert result["exit_reason"] == "timeout" and result["error_type"] == "timeout"
+    with pytest.raises(docker.errors.NotFound):
+        client.containers.get(result["container_id"])
+    # The CLI's own start-up (imports, reap, network, gateway) is inside this bound too.
+    assert time.monotonic() - started < 7 + 4
+
+
+def test_memory_past_the_limit_ends_oom(home: Path, project: Path) -> None:
+    write_config(home, {"proj": {"directory": str(project), "resources": {"memory": "600m"}}})
+    hog = "python3 -c 'b = bytearray(3 * 1024**3); print(len(b))'"
+    code, result = run_json(home, "proj", f"[[bash: {hog}]]")
+    assert result["exit_reason"] == "oom", result
+    assert result["error_type"] == "oom" and code == 4
+
+
+def test_project_mcp_server_runs_inside_the_container(home: Path, project: Path) -> None:
+    (project / "calc_server.py").write_text(MCP_SERVER)
+    (project / ".mcp.json").write_text(json.dumps(
+        {"mcpServers": {"calc": {"command": "python3", "args": ["calc_server.py"]}}}))
+    write_config(home, {"proj": {"directory": str(project)}})
+    code, result = run_json(home, "proj", '[[tool: mcp__calc__add {"a": 2, "b": 40}]]')
+    assert code == 0, result
+    assert result["result"] == "tool result: sum from the project server: 42"
+
+
+def test_kill_9_of_the_orchestrator_then_a_new_one_reaps(
+    home: Path, project: Path, client: docker.DockerClient
+) -> None:
+    write_config(home, {"proj": {"directory": str(project)}})
+    victim = subprocess.Popen(
+        [AD_SANDBOX, "run", "proj", "--quiet", "--", "[[sleep: 600]] long"],
+        env=cli_env(home), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: agent_containers(client, "proj"), 60, "the run's container")
+        with StateStore(home / "state" / "state.db") as state:
+            run_id = wait_for(lambda: [r.run_id for r in state.unfinished_runs()
+                                       if r.status == "running"], 60, "the running record")[0]
+    finally:
+        victim.send_signal(signal.SIGKILL)
+        victim.wait(10)
+    assert agent_containers(client, "proj"), "the container outlived its orchestrator"
+    done = run_cli(home, "run", "proj", "--quiet", "--", "after the crash")
+    assert done.returncode == 0, done.stderr
+    assert agent_containers(client, "proj") == []
+    with StateStore(home / "state" / "state.db") as state:
+        record = state.get_run(run_id)
+    assert record.status == "finished" and record.exit_reason == "crashed"
+    assert f"process {victim.pid}" in (record.error or "")
+
+
+def test_two_processes_never_share_a_warm_container(
+    home: Path, project: Path, client: docker.DockerClient
+) -> None:
+    write_config(home, {"proj": {"directory": str(project)}}, pool={"warm_per_agent": 2},
+                 cache={"enabled": False})
+    up = run_cli(home, "up", "proj")
+    assert up.returncode == 0, up.stderr
+    warm = {c.id for c in agent_containers(client, "proj")}
+    assert len(warm) == 2
+    runs = [subprocess.Popen([AD_SANDBOX, "run", "proj", "--json", "--", f"[[sleep: 1]] {n}"],
+                             env=cli_env(home), stdin=subprocess.DEVNULL,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for n in range(2)]
+    results = [json.loads(p.communicate(timeout=120)[0]) for p in runs]
+    used = [r["container_id"] for r in results]
+    assert all(r["success"] for r in results), results
+    assert len(set(used)) == 2 and set(used) <= warm
+
+
+def test_the_upstream_credential_never_reaches_the_container(
+    home: Path, project: Path, client: docker.DockerClient
+) -> None:
+    from orchestrator.stubapi import StubServer
+
+    secret = "sk-ant-api03-NEVER-IN-A-CONTAINER-" + os.urandom(6).hex()
+    with StubServer("127.0.0.1", 0) as upstream:
+        write_config(home, {"proj": {"directory": str(project)}},
+                     model_api={"upstream": upstream.url, "credential": {"env": "UPSTREAM_KEY"}})
+        seen: dict[str, Any] = {}
+        runner = subprocess.Popen(
+            [AD_SANDBOX, "run", "proj", "--json", "--",
+             "[[bash: env; cat /proc/1/environ | tr '\\0' '\\n'; ls -la /run/secrets; sleep 3]]"],
+            env=cli_env(home, UPSTREAM_KEY=secret), stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        container = wait_for(lambda: agent_containers(client, "proj"), 60, "the container")[0]
+        seen["inspect"] = json.dumps(client.api.inspect_container(container.id))
+        stdout, stderr = runner.communicate(timeout=120)
+        result = json.loads(stdout)
+        keys = [r["headers"].get("x-api-key") for r in upstream.received]
+    assert result["success"], stderr
+    assert secret not in seen["inspect"] and secret not in stdout and secret not in stderr
+    assert keys and all(key == secret for key in keys)  # injected by the relay, upstream only
+    env_lines = result["result"].splitlines()
+    token = next(line.split("=", 1)[1] for line in env_lines
+                 if line.startswith("ANTHROPIC_API_KEY="))
+    assert token.startswith("ads-run-")
+    log_text = "".join(p.read_text() for p in (home / "state" / "logs").glob("*.log"))
+    assert secret not in log_text
+
+
+def test_the_relay_refuses_requests_without_a_live_run_token(
+    home: Path, project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import anyio
+
+    from orchestrator.dispatch import open_dispatcher
+    from orchestrator.models import RunRequest
+
+    write_config(home, {"proj": {"directory": str(project)}})
+    monkeypatch.setenv("AD_SANDBOX_CONFIG", str(home / "agents.yaml"))
+    monkeypatch.setenv("AD_SANDBOX_STATE_DIR", str(home / "state"))
+    body = {"model": "m", "max_tokens": 1, "messages": [{"role": "user", "content": "hi"}]}
+
+    async def main() -> list[int]:
+        async with open_dispatcher() as dispatcher, httpx.AsyncClient(timeout=10) as http:
+            result = await dispatcher.dispatch(RunRequest(
+                agent="proj", task="[[bash: echo $ANTHROPIC_BASE_URL $ANTHROPIC_API_KEY]]"))
+            assert result.success, result
+            base, token = result.result.removeprefix("tool result: ").split()
+            url = f"{base}/v1/messages"
+            return [
+                (await http.post(url, json=body)).status_code,
+                (await http.post(url, json=body, headers={"x-api-key": token})).status_code,
+                (await http.post(url, json=body,
+                                 headers={"authorization": "Bearer sk-ant-x"})).status_code,
+            ]
+
+    # no token, the token of a run that has ended, a made-up key: all refused
+    assert anyio.run(main) == [401, 401, 401]
