@@ -33,7 +33,7 @@ class DispatchResult(BaseModel):
     container_id: str | None = None
     image: str | None = None
     ref: str | None = None
-    """Set when the full result is stored by reference (``return_ref``); read it with fetch_result."""
+    """Set when the full result is stored by reference (``return_ref``): see fetch_result."""
 
     @classmethod
     def from_record(cls, record: RunRecord, *, cached: bool = False) -> DispatchResult:
