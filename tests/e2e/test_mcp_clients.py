@@ -190,6 +190,29 @@ def test_inspector_lists_and_calls_tools(node: str, client_env: dict[str, str]) 
     assert "not_found" in out
 
 
+def test_stdio_client_gets_results_and_progress(client_env: dict[str, str]) -> None:
+    messages: list[str] = []
+
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        messages.append(message or "")
+
+    async def session() -> None:
+        params = StdioServerParameters(command=PYTHON, args=FAKE_SERVE[1:], env=client_env,
+                                       cwd=str(ROOT))
+        with anyio.fail_after(CLIENT_DEADLINE):
+            async with Client(params) as client:
+                result = await client.call_tool(
+                    "dispatch", {"agent": "beta", "task": "t"}, progress_callback=on_progress
+                )
+                assert (result.structured_content or {}).get("result") == "done: t"
+                bad = await client.call_tool("dispatch", {"agent": "beta", "task": 7})
+                assert bad.is_error
+                assert not (await client.call_tool("sandbox_status", {})).is_error
+
+    anyio.run(session)
+    assert [m.split(" ")[1] for m in messages] == ["starting", "running", "finished"]
+
+
 @pytest.fixture(scope="module")
 def fake_http_url() -> Iterator[str]:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
