@@ -37,7 +37,7 @@ class DemoTask:
 
 
 TASKS = (
-    DemoTask("notes", "[[bash: head -n 1 README.md && id -u && ls /]]",
+    DemoTask("notes", "[[bash: head -n 1 README.md; id -u; ls /workspace; ls /home]]",
              "Read README.md and say in one sentence what this project is."),
     DemoTask("calc", "[[bash: python3 calc.py 6 7]]",
              "Run `python3 calc.py 6 7` and report its output."),
