@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import uuid
 from pathlib import Path
@@ -516,21 +515,26 @@ def test_classify_without_result(
     assert needle in hint
 
 
-# --- the real CLI (optional) ----------------------------------------------------------
+# --- the real CLI ------------------------------------------------------------------------
 
 
-def _claude_binary() -> str | None:
-    return os.environ.get("AD_SANDBOX_CLAUDE_BIN") or shutil.which("claude")
+def _claude_binary() -> str:
+    """The pinned claude binary, staged on the host the way the image build stages it."""
+    from orchestrator import CLAUDE_VERSION
+    from orchestrator.runtime.staging import stage_claude
+
+    override = os.environ.get("AD_SANDBOX_CLAUDE_BIN")
+    if override:
+        return override
+    return str(stage_claude(CLAUDE_VERSION, lambda line: None).path)
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(_claude_binary() is None, reason="no claude binary (set AD_SANDBOX_CLAUDE_BIN)")
 def test_real_claude_accepts_our_argv_env_and_stdin_prompt(tmp_path: Path) -> None:
-    """The argv, env and stdin prompt we build work with the installed claude and the stub."""
+    """The argv, env and stdin prompt we build work with the pinned claude and the stub."""
     from orchestrator.stubapi import StubServer
 
     binary = _claude_binary()
-    assert binary is not None
     project, config = tmp_path / "project", tmp_path / "config"
     project.mkdir()
     config.mkdir()
