@@ -150,9 +150,14 @@ class RuntimeContract:
         assert out.lines == [f"400 {RUN_UID} {RUN_UID}", secret]
         assert secret not in harness.raw_inspect(cid)
         # Writing again replaces the file although it is read-only for its owner.
-        harness.runtime.write_files(cid, SECRETS_DIR, {"DB_URL": b"v2"}, uid=RUN_UID, gid=RUN_UID)
+        harness.runtime.write_files(
+            cid, SECRETS_DIR, {"DB_URL": b"v2", "API.key": b"k"}, uid=RUN_UID, gid=RUN_UID
+        )
         _, out = run(harness, cid, harness.stat_cmd(f"{SECRETS_DIR}/DB_URL"))
         assert out.lines[1:] == ["v2"]
+        _, out = run(harness, cid, harness.stat_cmd(f"{SECRETS_DIR}/API.key"))
+        assert out.lines == [f"400 {RUN_UID} {RUN_UID}", "k"]
+        harness.runtime.write_files(cid, SECRETS_DIR, {}, uid=RUN_UID, gid=RUN_UID)
 
     def test_write_files_rejects_names_that_escape(self, harness: Harness, cid: str) -> None:
         for bad in ("../x", "a/b", "..", ""):
@@ -178,6 +183,7 @@ class RuntimeContract:
         assert not worker.is_alive()
         assert elapsed < KILL_DEADLINE, f"exec returned {elapsed:.2f}s after kill"
         assert results[0].exit_code in (None, 137)
+        assert not results[0].oom_killed  # a kill is not an OOM
         state = harness.runtime.inspect(cid)
         assert state is not None and not state.running
         harness.runtime.kill(cid)  # idempotent

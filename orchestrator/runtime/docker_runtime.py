@@ -14,7 +14,9 @@ Facts checked on Docker 20.10 / cgroup v1 that shape this module:
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
+import tarfile
 import time
 from collections.abc import Sequence
 from functools import partial
@@ -43,7 +45,10 @@ log = logging.getLogger(__name__)
 
 _STDIN_WRAPPER = 'exec "$@" < "$0"'
 """``sh -c`` script: the first operand is the stdin file, the rest is the argv to run."""
-_WRITE_SCRIPT = 'set -e; t="$1.part.$$"; cat > "$t"; chmod "$2" "$t"; mv -f "$t" "$1"'
+_WRITE_SCRIPT = (
+    'set -e; umask 077; cd "$1"; m="$2"; shift 2; rm -f -- "$@"; tar -xf -; chmod "$m" -- "$@"'
+)
+"""``sh -c`` script: unpack a tar from stdin into $1, then set mode $2 on the names after."""
 _OOM_COUNTERS = ("/sys/fs/cgroup/memory/memory.oom_control", "/sys/fs/cgroup/memory.events")
 
 
@@ -207,17 +212,20 @@ class DockerRuntime:
         mode: int = 0o400,
     ) -> None:
         check_file_names(files)
-        for name, data in files.items():
-            path = f"{directory.rstrip('/')}/{name}"
-            argv = ["/bin/sh", "-c", _WRITE_SCRIPT, "sh", path, f"{mode:o}"]
-            code, _, stderr = self._run_helper(container_id, argv, user=f"{uid}:{gid}", stdin=data)
-            if code != 0:
-                raise ContainerFailed(
-                    f"could not write {path} in container {container_id[:12]}: "
-                    f"{stderr.strip() or f'exit {code}'}",
-                    hint=f"{directory} must be a tmpfs writable by uid {uid}.",
-                    container=container_id,
-                )
+        if not files:
+            return
+        # One helper process for all files: a tar stream on its stdin.
+        argv = ["/bin/sh", "-c", _WRITE_SCRIPT, "sh", directory, f"{mode:o}", *files]
+        code, _, stderr = self._run_helper(
+            container_id, argv, user=f"{uid}:{gid}", stdin=_tar(files)
+        )
+        if code != 0:
+            raise ContainerFailed(
+                f"could not write {', '.join(files)} into {directory} of container "
+                f"{container_id[:12]}: {stderr.strip() or f'exit {code}'}",
+                hint=f"{directory} must be a tmpfs writable by uid {uid}.",
+                container=container_id,
+            )
 
     def exec(
         self,
@@ -355,3 +363,13 @@ def _state(attrs: dict[str, Any]) -> ContainerState:
         labels=dict((attrs.get("Config") or {}).get("Labels") or {}),
         name=str(attrs.get("Name", "")).lstrip("/"),
     )
+
+
+def _tar(files: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.USTAR_FORMAT) as archive:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size, info.mode, info.mtime = len(data), 0o600, int(time.time())
+            archive.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
