@@ -12,7 +12,7 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import replace
 from typing import Any
 
@@ -24,6 +24,7 @@ from orchestrator.config import Agent, Config
 from orchestrator.configfile import ConfigSnapshot
 from orchestrator.errors import (
     AdSandboxError,
+    AgentNotFound,
     BudgetExceeded,
     DockerUnavailable,
     RecursionLimit,
@@ -92,8 +93,12 @@ class Dispatcher:
             log.info("start-up reap skipped: %s", exc.one_line())
         tg.start_soon(self._housekeeping)
         if warm:
-            await self.ensure_sandbox()
-            tg.start_soon(self.fill_pools)
+            try:
+                await self.ensure_sandbox()
+            except AdSandboxError as exc:  # each dispatch reports it, with a record
+                log.warning("sandbox not ready: %s", exc.one_line())
+            else:
+                tg.start_soon(self.fill_pools)
 
     async def ensure_sandbox(self) -> None:
         """The agents network, this process's gateway and the pool; made on first use."""
@@ -171,9 +176,20 @@ class Dispatcher:
             )
         if request.timeout is not None and request.timeout <= 0:
             raise UsageError(f"timeout must be positive, got {request.timeout}")
+        if request.group is not None and request.group not in config.groups:
+            known = ", ".join(sorted(config.groups)) or "none defined"
+            raise AgentNotFound(f"unknown group {request.group!r} (known: {known})",
+                                hint="Call list_groups, or leave group empty.")
         limit = config.settings.max_dispatch_depth
         if request.depth > limit:
             raise RecursionLimit(f"dispatch depth {request.depth} exceeds the limit {limit}")
+        return agent
+
+    def check(self, request: RunRequest) -> Agent:
+        """Everything that can be known wrong before a container exists."""
+        agent = self.validate(request)
+        directory_owner(request.agent, agent)
+        read_secrets(request.agent, agent)
         return agent
 
     def submit(self, request: RunRequest) -> LiveRun:
@@ -194,9 +210,7 @@ class Dispatcher:
         self.state.insert_run(record)
         live = LiveRun(record)
         try:
-            agent = self.validate(request)
-            directory_owner(request.agent, agent)
-            read_secrets(request.agent, agent)
+            self.check(request)
         except AdSandboxError as exc:
             live.finish(self._end_with_error(record.run_id, exc))
             raise
@@ -210,9 +224,13 @@ class Dispatcher:
             error=exc.message, error_type=exc.error_type, hint=exc.hint,
             finished_at=time.time())
 
-    async def dispatch(self, request: RunRequest, *,
-                       progress: ProgressFn | None = None) -> DispatchResult:
-        """Run ``request`` to its end. A cancelled caller cancels (kills) the run."""
+    async def dispatch(self, request: RunRequest, *, progress: ProgressFn | None = None,
+                       cancel_on_abandon: bool = True) -> DispatchResult:
+        """Run ``request`` to its end.
+
+        A cancelled caller cancels (kills) the run when ``cancel_on_abandon``; otherwise the
+        run goes on in the service's task group and its record is read later.
+        """
         live = self.submit(request)
         assert self._tg is not None, "dispatcher not started"
         self._tg.start_soon(self._run, request, live)
@@ -223,8 +241,9 @@ class Dispatcher:
                 await live.wait_done()
                 tg.cancel_scope.cancel()
         except anyio.get_cancelled_exc_class():
-            with anyio.CancelScope(shield=True):
-                await self.cancel(live.run_id)
+            if cancel_on_abandon:
+                with anyio.CancelScope(shield=True):
+                    await self.cancel(live.run_id)
             raise
         return self.result_of(live.record)
 
@@ -385,9 +404,18 @@ class Dispatcher:
         return self._live.get(run_id)
 
     async def cancel(self, run_id: str) -> RunRecord:
-        """Kill the run's container now; the run ends ``cancelled``."""
+        """Kill the run's container now; the run ends ``cancelled``.
+
+        A run of another process is flagged in its record and its container killed; its
+        owner records the end.
+        """
         live = self._live.get(run_id)
         if live is None:
+            record = self.state.get_run(run_id)
+            if record.status != "finished":
+                self.state.update_run(run_id, cancel_requested=True)
+                if record.container_id:
+                    await anyio.to_thread.run_sync(self.runtime.kill, record.container_id)
             return self.state.get_run(run_id)
         with live.lock:
             live.cancel_requested = True
@@ -429,6 +457,13 @@ async def open_dispatcher(*, warm: bool = False, runtime: Runtime | None = None,
     finally:
         if owned_state:
             store.close()
+
+
+def open_service(*, warm: bool = True) -> AbstractAsyncContextManager[Any]:
+    """The MCP-facing service (see :mod:`orchestrator.service_impl`)."""
+    from orchestrator.service_impl import open_service as open_impl
+
+    return open_impl(warm=warm)
 
 
 def _docker_runtime() -> Runtime:

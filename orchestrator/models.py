@@ -98,6 +98,8 @@ class RunRecord(BaseModel):
     finished_at: float | None = None
     duration_ms: int = 0
     last_action: str = ""
+    cancel_requested: bool = False
+    """Set by a process that wants the run cancelled but does not own it."""
 
     def model_post_init(self, __context: Any) -> None:
         if not self.root_id:

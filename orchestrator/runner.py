@@ -162,7 +162,9 @@ async def _run_claude(
     session_id = request.session_id or str(uuid.uuid4())
     env.state.update_run(live.run_id, session_id=session_id)
     mcp = claude.merged_mcp_config(claude.project_mcp_config(agent.path), None)
-    files = {"prompt": claude.build_prompt(request).encode()}
+    group = env.config.groups.get(request.group) if request.group else None
+    prompt = claude.build_prompt(request, shared_context=group.shared_context if group else "")
+    files = {"prompt": prompt.encode()}
     if mcp is not None:
         files["mcp.json"] = json.dumps(mcp).encode()
     runtime = env.runtime
@@ -241,6 +243,8 @@ async def _run_claude(
         oom = await anyio.to_thread.run_sync(
             lambda: runtime.was_oom_killed(container_id, since=exec_started))
     result = parser.result()
+    if not live.cancel_requested and exit_code in (None, 137):
+        live.cancel_requested = env.state.get_run(live.run_id).cancel_requested
     reason: ExitReason
     if live.cancel_requested:
         reason = "cancelled"

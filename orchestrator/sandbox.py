@@ -112,7 +112,7 @@ def container_spec(
             Mount(volume_name(agent_name), CONFIG_DIR, read_only=False, kind="volume"),
         ),
         tmpfs={
-            "/tmp": f"size={resources.tmp_bytes},mode=1777",
+            "/tmp": f"size={resources.tmp_bytes},mode=1777,exec",
             SECRETS_DIR: secrets_opts,
             RUN_DIR: f"size=8m,mode=0700,uid={owner.uid},gid={owner.gid}",
         },

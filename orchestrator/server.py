@@ -186,6 +186,11 @@ async def _long(
     try:
         return await _answer(call(progress), failed, as_result)
     except anyio.get_cancelled_exc_class():
+        if not _cancel_requested(ctx):
+            # Not the client's cancel but its going away (or shutdown): the runs go on in the
+            # service and stay readable through dispatch_status / fetch_result and the CLI.
+            logger.info("caller gone; runs %s continue", sorted(progress.live))
+            raise
         with anyio.move_on_after(CANCEL_GRACE_S, shield=True):
             for run_id in sorted(progress.live):
                 try:
@@ -193,6 +198,22 @@ async def _long(
                 except Exception as exc:  # already gone is fine; the cancel must still propagate
                     logger.debug("cancel %s after MCP cancellation: %s", run_id, exc)
         raise
+
+
+def _cancel_requested(ctx: Ctx) -> bool:
+    """Whether the client sent ``notifications/cancelled`` for this request.
+
+    The SDK sets an event on the request's dispatch context before it cancels the handler;
+    the tool Context does not expose it, the per-request session holds it. When it cannot be
+    read, a cancellation counts as the client's (killing the runs is the safe side). The
+    e2e tests pin both behaviours: a cancel kills, a disconnect does not.
+    """
+    try:
+        dispatch_context = ctx.request_context.session._request_outbound
+        event = dispatch_context.cancel_requested
+    except (AttributeError, ValueError):
+        return True
+    return bool(event.is_set())
 
 
 def _run_failed(result: DispatchResult) -> bool:

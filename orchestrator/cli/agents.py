@@ -5,15 +5,15 @@ from __future__ import annotations
 import json
 import os
 import re
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
+from orchestrator.catalog import resolve_directory, without_agent
 from orchestrator.cli.app import app, handles_errors, out
 from orchestrator.config import NAME_PATTERN, Agent, Config
 from orchestrator.configfile import load_config, update_config, validate_config
-from orchestrator.errors import PermissionDenied, UsageError
+from orchestrator.errors import UsageError
 
 Description = Annotated[str | None, typer.Option(help="What the agent knows; shown to callers.")]
 Model = Annotated[str | None, typer.Option(help="Model alias or id, e.g. sonnet.")]
@@ -64,20 +64,7 @@ def check_name(name: str, what: str = "agent") -> None:
 
 
 def _directory(raw: str, config: Config) -> str:
-    path = Path(raw).expanduser().resolve()
-    if not path.is_dir():
-        state = "is not a directory" if path.exists() else "does not exist"
-        raise UsageError(
-            f"directory {raw} {state}",
-            hint="Create it or give the path of the agent's project directory.",
-        )
-    roots = [Path(r).expanduser().resolve() for r in config.settings.allowed_roots]
-    if roots and not any(path.is_relative_to(root) for root in roots):
-        raise PermissionDenied(
-            f"directory {path} is outside settings.allowed_roots ({', '.join(map(str, roots))})",
-            hint="Choose a directory under an allowed root or extend settings.allowed_roots.",
-        )
-    return str(path)
+    return resolve_directory(raw, config)
 
 
 def _secret(spec: str) -> tuple[str, dict[str, str]]:
@@ -230,20 +217,9 @@ def remove(name: Annotated[str, typer.Argument(help="Agent name.")]) -> None:
     dropped: list[str] = []
 
     def apply(config: Config) -> Config:
-        config.agent(name)
-        dropped.clear()
-        whole = config.model_dump(mode="json", exclude_unset=True)
-        whole["agents"].pop(name)
-        for other, agent in whole["agents"].items():
-            if name in agent.get("dispatch_to", []):
-                agent["dispatch_to"] = [t for t in agent["dispatch_to"] if t != name]
-                dropped.append(f"agents.{other}.dispatch_to")
-        for group_name, group in whole.get("groups", {}).items():
-            members = group.get("members", [])
-            if any(m["agent"] == name for m in members):
-                group["members"] = [m for m in members if m["agent"] != name]
-                dropped.append(f"groups.{group_name}.members")
-        return validate_config(whole)
+        updated, names = without_agent(config, name)
+        dropped[:] = names
+        return updated
 
     update_config(apply)
     out(f"removed agent {name}" + (f" (also from {', '.join(dropped)})" if dropped else ""))

@@ -8,7 +8,6 @@ once ``orchestrator.dispatch.open_service`` exists and need Docker and the agent
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import shutil
@@ -43,18 +42,6 @@ GENERIC_SCENARIOS = [
     "server-initialize", "ping", "tools-list", "prompts-list", "resources-list",
     "dns-rebinding-protection",
 ]
-
-
-def _has_real_service() -> bool:
-    try:
-        return hasattr(importlib.import_module("orchestrator.dispatch"), "open_service")
-    except ImportError:
-        return False
-
-
-real_service = pytest.mark.skipif(
-    not _has_real_service(), reason="orchestrator.dispatch.open_service is not there yet"
-)
 
 
 @pytest.fixture(scope="session")
@@ -259,7 +246,6 @@ def test_serve_refuses_public_bind_without_token(client_env: dict[str, str]) -> 
 # --- against the real `ad-sandbox serve` ------------------------------------------------
 
 
-@real_service
 @pytest.mark.docker
 def test_real_serve_over_stdio_dispatches(real_env: dict[str, str]) -> None:
     async def session() -> None:
@@ -280,15 +266,30 @@ def test_real_serve_over_stdio_dispatches(real_env: dict[str, str]) -> None:
     anyio.run(session)
 
 
-@real_service
 @pytest.mark.docker
-def test_inspector_lists_tools_of_real_serve(node: str, real_env: dict[str, str]) -> None:
-    code, out = inspector(node, real_env, [AD_SANDBOX, "serve"], "--method", "tools/list")
+def test_inspector_lists_tools_and_dispatches_on_real_serve(
+    node: str, real_env: dict[str, str]
+) -> None:
+    # The Inspector gives a stdio server only a minimal environment: pass ours with -e.
+    server = [*_env_args(real_env), AD_SANDBOX, "serve"]
+    code, out = inspector(node, real_env, server, "--method", "tools/list")
     assert code == 0, out
     assert {tool["name"] for tool in json.loads(out[: out.rindex("}") + 1])["tools"]} == BASE_TOOLS
+    code, out = inspector(node, real_env, server, "--method", "tools/call",
+                          "--tool-name", "dispatch", "--tool-arg", "agent=e2e",
+                          "--tool-arg", "task=[[reply: from the sandbox]]", "--format", "json")
+    assert code == 0, out
+    answer = json.loads(out[out.index("{"): out.rindex("}") + 1])["result"]
+    assert answer["isError"] is False, answer
+    assert answer["structuredContent"]["result"] == "from the sandbox"
+    assert answer["structuredContent"]["exit_reason"] == "completed"
 
 
-@real_service
+def _env_args(env: dict[str, str]) -> list[str]:
+    names = ("AD_SANDBOX_CONFIG", "AD_SANDBOX_STATE_DIR", "HOME", "PATH")
+    return [arg for name in names for arg in ("-e", f"{name}={env[name]}")]
+
+
 @pytest.mark.docker
 @pytest.mark.parametrize("scenario", GENERIC_SCENARIOS)
 def test_conformance_against_real_serve(

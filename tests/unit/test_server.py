@@ -343,12 +343,10 @@ async def test_a_crash_in_the_service_is_an_error_result(fake: FakeDispatcher) -
 # --- cancellation ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("mode", ["auto", "legacy"])
-async def test_cancelling_an_in_flight_dispatch_reaches_the_dispatcher(
-    fake: FakeDispatcher, mode: str
-) -> None:
-    """auto: the in-process call is cancelled; legacy: notifications/cancelled over JSON-RPC."""
-    async with connect(fake, mode=mode) as client:
+async def test_notifications_cancelled_kills_the_run() -> None:
+    """legacy: the client's cancel goes out as notifications/cancelled over JSON-RPC."""
+    fake = FakeDispatcher()
+    async with connect(fake, mode="legacy") as client:
         with anyio.fail_after(DEADLINE):
             async with anyio.create_task_group() as tg:
                 tg.start_soon(client.call_tool, "dispatch", {"agent": "alpha", "task": "block"})
@@ -357,6 +355,20 @@ async def test_cancelling_an_in_flight_dispatch_reaches_the_dispatcher(
             await fake.cancel_called.wait()
         assert len(fake.cancelled) == 1
         assert fake.cancel_calls == fake.cancelled  # the server also asked for the kill
+        await still_serving(client)
+
+
+async def test_an_abandoned_call_leaves_its_run_going() -> None:
+    """auto: the in-process caller just goes away (no notifications/cancelled): the server
+    does not kill the run, which finishes in the service and stays readable."""
+    fake = FakeDispatcher()
+    async with connect(fake, mode="auto") as client:
+        with anyio.fail_after(DEADLINE):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(client.call_tool, "dispatch", {"agent": "alpha", "task": "block"})
+                await fake.blocked.wait()
+                tg.cancel_scope.cancel()
+        assert fake.cancel_calls == []
         await still_serving(client)
 
 

@@ -1,0 +1,226 @@
+"""The :class:`~orchestrator.service.DispatchService` the MCP server uses, over the dispatcher.
+
+A caller that goes away (an MCP client disconnecting) does not cancel its runs here: they
+finish in the service's task group and stay readable; only an explicit cancel kills them.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+from typing import Any
+
+import anyio
+
+from orchestrator import catalog, fanout
+from orchestrator.config import Agent, Config
+from orchestrator.configfile import update_config, validate_config
+from orchestrator.dispatch import Dispatcher, open_dispatcher
+from orchestrator.errors import AdSandboxError, UsageError
+from orchestrator.gateway.lifecycle import DAY_S
+from orchestrator.models import RunRecord, RunRequest
+from orchestrator.reaper import reap
+from orchestrator.results import DispatchResult, ProgressFn
+from orchestrator.service import (
+    AgentArgs,
+    AgentDetail,
+    AgentInfo,
+    BudgetLeft,
+    ContainerInfo,
+    DialogueResult,
+    GroupDetail,
+    GroupInfo,
+    JobStatus,
+    ParallelResult,
+    PoolInfo,
+    SandboxStatus,
+)
+
+GC_AFTER_S = 7 * DAY_S
+FOREIGN_WAIT_MAX_S = 1.0
+"""Waiting on a run another process owns: its record is re-read, backing off to this."""
+STATUSES = ("queued", "running", "finished")
+
+
+class Service:
+    """Implements :class:`orchestrator.service.DispatchService`."""
+
+    def __init__(self, dispatcher: Dispatcher) -> None:
+        self.dispatcher = dispatcher
+        self.state = dispatcher.state
+
+    @property
+    def config(self) -> Config:
+        return self.dispatcher.config
+
+    def management_tools_enabled(self) -> bool:
+        return self.config.settings.agent_management_tools
+
+    # ---- runs -----------------------------------------------------------------------------
+
+    async def dispatch(self, req: RunRequest, *, progress: ProgressFn | None = None,
+                       return_ref: bool = False, summary_chars: int = 0) -> DispatchResult:
+        result = await self.dispatcher.dispatch(req, progress=progress, cancel_on_abandon=False)
+        if return_ref:
+            result = result.model_copy(update={"ref": result.run_id,
+                                               "result": result.result[:summary_chars]})
+        return result
+
+    async def dispatch_parallel(self, reqs: list[RunRequest], *, aggregate: str | None,
+                                progress: ProgressFn | None) -> ParallelResult:
+        return await fanout.parallel(self.dispatcher, reqs, aggregate=aggregate,
+                                     progress=progress, cancel_on_abandon=False)
+
+    async def dialogue(self, requester: str, responder: str, topic: str, *, max_rounds: int,
+                       caller: str, progress: ProgressFn | None) -> DialogueResult:
+        return await fanout.dialogue(self.dispatcher, requester, responder, topic,
+                                     max_rounds=max_rounds, caller=caller, progress=progress,
+                                     cancel_on_abandon=False)
+
+    async def start_async(self, req: RunRequest) -> str:
+        return self.dispatcher.start_async(req)
+
+    # ---- jobs -----------------------------------------------------------------------------
+
+    def _status(self, record: RunRecord) -> JobStatus:
+        status = JobStatus.from_record(record)
+        live = self.dispatcher.live(record.run_id)
+        if live is not None and record.status != "finished":
+            status.last_action = live.snapshot().last_action
+        return status
+
+    async def status(self, job_id: str) -> JobStatus:
+        return self._status(self.state.find_run(job_id))
+
+    async def wait(self, job_id: str, timeout_s: float) -> JobStatus:
+        record = self.state.find_run(job_id)
+        deadline = time.monotonic() + max(0.0, timeout_s)
+        live = self.dispatcher.live(record.run_id)
+        if live is not None:
+            await live.wait_done(timeout_s)
+        else:
+            pause = 0.05
+            while record.status != "finished" and time.monotonic() < deadline:
+                await anyio.sleep(min(pause, max(0.0, deadline - time.monotonic())))
+                pause = min(pause * 2, FOREIGN_WAIT_MAX_S)
+                record = self.state.get_run(record.run_id)
+        return self._status(self.state.get_run(record.run_id))
+
+    async def cancel(self, job_id: str) -> JobStatus:
+        record = self.state.find_run(job_id)
+        return self._status(await self.dispatcher.cancel(record.run_id))
+
+    async def jobs(self, *, status: str | None, limit: int, agent: str | None) -> list[JobStatus]:
+        if status is not None and status not in STATUSES:
+            raise UsageError(f"status must be one of {', '.join(STATUSES)}, got {status!r}")
+        if limit < 1:
+            raise UsageError(f"limit must be at least 1, got {limit}")
+        return [self._status(r)
+                for r in self.state.list_runs(status=status, agent=agent, limit=limit)]
+
+    async def fetch_result(self, ref: str, max_chars: int | None) -> str:
+        record = self.state.find_run(ref)
+        if record.status != "finished":
+            raise UsageError(f"run {record.run_id} has not finished",
+                             hint="Call dispatch_wait first.")
+        text = record.result if record.success else (record.error or record.result)
+        return text if max_chars is None else text[:max_chars]
+
+    async def gc(self) -> int:
+        removed = self.state.gc_runs(GC_AFTER_S)
+        with suppress(AdSandboxError):  # records are cleaned even while the engine is away
+            await anyio.to_thread.run_sync(lambda: reap(self.dispatcher.runtime, self.state))
+        return removed
+
+    # ---- agents and groups --------------------------------------------------------------
+
+    async def list_agents(self) -> list[AgentInfo]:
+        config = self.config
+        return [catalog.agent_info(config, name) for name in sorted(config.agents)]
+
+    async def inspect_agent(self, name: str, preview_lines: int) -> AgentDetail:
+        return catalog.agent_detail(self.config, self.state, name, preview_lines)
+
+    async def list_groups(self) -> list[GroupInfo]:
+        config = self.config
+        return [catalog.group_info(config, name) for name in sorted(config.groups)]
+
+    async def inspect_group(self, name: str) -> GroupDetail:
+        return catalog.group_detail(self.config, name)
+
+    async def add_agent(self, name: str, args: AgentArgs) -> AgentInfo:
+        changes = args.changes()
+        if "directory" not in changes:
+            raise UsageError("add_agent needs a directory")
+
+        def apply(config: Config) -> Config:
+            if name in config.agents:
+                raise UsageError(f"agent {name!r} exists", hint="Use update_agent.")
+            changes["directory"] = catalog.resolve_directory(changes["directory"], config,
+                                                             from_mcp=True)
+            whole = config.model_dump(mode="json", exclude_unset=True)
+            whole.setdefault("agents", {})[name] = changes
+            return validate_config(whole)
+
+        return catalog.agent_info(await anyio.to_thread.run_sync(update_config, apply), name)
+
+    async def update_agent(self, name: str, args: AgentArgs) -> AgentInfo:
+        changes = args.changes()
+
+        def apply(config: Config) -> Config:
+            current: Agent = config.agent(name)
+            if "directory" in changes:
+                changes["directory"] = catalog.resolve_directory(changes["directory"], config,
+                                                                 from_mcp=True)
+            whole = config.model_dump(mode="json", exclude_unset=True)
+            whole["agents"][name] = {**current.model_dump(mode="json", exclude_unset=True),
+                                     **changes}
+            return validate_config(whole)
+
+        return catalog.agent_info(await anyio.to_thread.run_sync(update_config, apply), name)
+
+    async def remove_agent(self, name: str) -> None:
+        await anyio.to_thread.run_sync(
+            update_config, lambda config: catalog.without_agent(config, name)[0])
+
+    # ---- cache and sandbox ----------------------------------------------------------------
+
+    async def cache_stats(self) -> dict[str, Any]:
+        return dict(self.state.cache_stats())
+
+    async def cache_clear(self) -> int:
+        return self.state.cache_clear()
+
+    async def sandbox_status(self) -> SandboxStatus:
+        config = self.config
+        try:
+            await anyio.to_thread.run_sync(self.dispatcher.runtime.list_managed)
+            docker_ok = True
+        except AdSandboxError:
+            docker_ok = False
+        warm: dict[str, int] = {}
+        for lease in self.state.containers(state="warm"):
+            warm[lease.agent] = warm.get(lease.agent, 0) + 1
+        target = config.settings.pool.warm_per_agent
+        now = time.time()
+        budget = config.settings.budget
+        return SandboxStatus(
+            docker=docker_ok,
+            max_concurrency=config.settings.max_concurrency,
+            pool=[PoolInfo(agent=name, warm=warm.get(name, 0), target=target)
+                  for name in sorted(config.agents)],
+            running=[ContainerInfo(run_id=r.run_id, agent=r.agent, container_id=r.container_id,
+                                   elapsed_s=round(now - r.created_at, 3))
+                     for r in self.state.unfinished_runs()],
+            budget=BudgetLeft(
+                per_run=budget.per_run, per_root=budget.per_root,
+                daily=max(0.0, budget.daily - self.state.spent_since(now - DAY_S))),
+        )
+
+
+@asynccontextmanager
+async def open_service(*, warm: bool = True) -> AsyncIterator[Service]:
+    """The production service: the dispatcher over Docker, warm pools filled."""
+    async with open_dispatcher(warm=warm) as dispatcher:
+        yield Service(dispatcher)
