@@ -66,7 +66,7 @@ def client() -> docker.DockerClient:
     try:
         return engine.connect()
     except DockerUnavailable as exc:
-        pytest.skip(f"no Docker engine: {exc}")
+        pytest.fail(f"no Docker engine: {exc.one_line()}", pytrace=False)
 
 
 @pytest.fixture(scope="session")

@@ -48,7 +48,7 @@ GENERIC_SCENARIOS = [
 def node() -> str:
     """Node 22 from scripts/mcp-clients.sh (installs the clients on first use)."""
     if shutil.which("npm") is None:
-        pytest.skip("npm is not installed (scripts/bootstrap.sh installs it)")
+        pytest.fail("npm is not installed (scripts/bootstrap.sh installs it)", pytrace=False)
     done = subprocess.run(
         [str(ROOT / "scripts" / "mcp-clients.sh")],
         capture_output=True, text=True, timeout=600, check=False,
