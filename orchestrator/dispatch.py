@@ -26,6 +26,7 @@ from orchestrator.errors import (
     AdSandboxError,
     AgentNotFound,
     BudgetExceeded,
+    ContainerFailed,
     DockerUnavailable,
     RecursionLimit,
     RunNotFound,
@@ -258,27 +259,33 @@ class Dispatcher:
 
     async def _run(self, request: RunRequest, live: LiveRun) -> None:
         try:
-            await self._run_inner(request, live)
+            with anyio.CancelScope() as scope:
+                live.scope = scope
+                await self._run_inner(request, live)
+            if scope.cancelled_caught and not live.done:
+                live.finish(self._end_cancelled(live.run_id, "before its agent started"))
         except AdSandboxError as exc:  # e.g. the engine went away before the container
             if not live.done:
-                live.finish(self._end_with_error(live.run_id, exc))
+                live.finish(self._end_cancelled(live.run_id, "while it was being set up")
+                            if live.cancel_requested else self._end_with_error(live.run_id, exc))
         except BaseException as exc:
             with anyio.CancelScope(shield=True):
                 if not live.done:
                     cancelled = isinstance(exc, anyio.get_cancelled_exc_class())
-                    record = self.state.update_run(
-                        live.run_id, status="finished", success=False,
-                        exit_reason="cancelled" if cancelled else "crashed",
-                        error_type="cli_error" if cancelled else "sandbox",
-                        error=f"run ended by {type(exc).__name__}: {exc}"[:2000],
-                        finished_at=time.time(),
-                    )
-                    live.finish(record)
+                    live.finish(self._end_cancelled(live.run_id, "by shutdown") if cancelled
+                                else self._end_with_error(live.run_id, ContainerFailed(
+                                    f"run ended by {type(exc).__name__}: {exc}"[:2000])))
             if not isinstance(exc, Exception):
                 raise
             log.exception("run %s failed inside the orchestrator", live.run_id)
         finally:
             self._live.pop(live.run_id, None)
+
+    def _end_cancelled(self, run_id: str, when: str) -> RunRecord:
+        return self.state.update_run(
+            run_id, status="finished", success=False, exit_reason="cancelled",
+            error_type="cli_error", error=f"cancelled {when}",
+            hint="Dispatch again if the task is still needed.", finished_at=time.time())
 
     async def _run_inner(self, request: RunRequest, live: LiveRun) -> None:
         config = self.config
@@ -315,7 +322,8 @@ class Dispatcher:
         except BudgetExceeded as exc:
             live.finish(self._end_with_error(live.run_id, exc, "budget"))
         except AdSandboxError as exc:  # e.g. Docker down when the sandbox is first needed
-            live.finish(self._end_with_error(live.run_id, exc))
+            live.finish(self._end_cancelled(live.run_id, "while it was being set up")
+                        if live.cancel_requested else self._end_with_error(live.run_id, exc))
         finally:
             if key:
                 self._inflight.pop(key, None)
@@ -422,6 +430,8 @@ class Dispatcher:
             container_id = live.container_id
         if container_id is not None:
             await anyio.to_thread.run_sync(self.runtime.kill, container_id)
+        elif live.scope is not None:  # queued or starting: nothing to kill yet
+            live.scope.cancel()
         await live.wait_done(10)
         return self.state.get_run(run_id)
 

@@ -37,6 +37,8 @@ class LiveRun:
     container_id: str | None = None
     cancel_requested: bool = False
     budget_reason: str | None = None
+    scope: anyio.CancelScope | None = None
+    """The run's own scope: cancelling it stops a run that has no process to kill yet."""
     lock: threading.Lock = field(default_factory=threading.Lock)
     _loop: asyncio.AbstractEventLoop = field(default_factory=asyncio.get_running_loop)
     _changed: anyio.Event = field(default_factory=anyio.Event)

@@ -130,6 +130,8 @@ async def execute(env: RunEnv, request: RunRequest, live: LiveRun) -> RunRecord:
         outcome = await _run_claude(env, request, agent, owner, secrets, container_id, token,
                                     timeout, live)
     except AdSandboxError as exc:
+        if live.cancel_requested:  # the kill raced the set-up; the cancel is what happened
+            raise
         return _finish_error(env, live, exc, exit_reason="crashed", container_id=container_id)
     finally:
         env.gateway.tokens.revoke(token)

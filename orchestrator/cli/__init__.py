@@ -8,6 +8,7 @@ from orchestrator.cli import (  # noqa: F401  (each module registers its command
     doctor,
     groups,
     images,
+    jobs,
     runs,
     serve,
     setup,

@@ -320,3 +320,46 @@ async def test_orphaned_run_is_ended_truthfully(env: Path, runtime: FakeRuntime)
         record = service.state.get_run(dead.run_id)
     assert record.status == "finished" and record.exit_reason == "crashed"
     assert "ended mid-run" in (record.error or "")
+
+
+async def test_cancel_while_setting_up_is_a_cancel(dispatcher: Dispatcher,
+                                                   runtime: FakeRuntime) -> None:
+    """The kill can land between the container's start and the exec: still `cancelled`."""
+    gate = anyio.Event()
+    original = runtime.write_files
+
+    def slow_write(*args: Any, **kwargs: Any) -> None:
+        anyio.from_thread.run_sync(gate.set)
+        time.sleep(0.3)
+        original(*args, **kwargs)
+
+    runtime.write_files = slow_write  # type: ignore[method-assign]
+    job = dispatcher.start_async(RunRequest(agent="proj", task="x"))
+    await gate.wait()
+    record = await dispatcher.cancel(job)
+    assert record.exit_reason == "cancelled" and record.status == "finished"
+    assert runtime.list_managed() == []
+
+
+async def test_cancel_while_queued_is_a_cancel(env: Path, project: Path,
+                                               runtime: FakeRuntime) -> None:
+    write_config(env, project, max_concurrency=1)
+    async with open_dispatcher(runtime=runtime, gateway_host="127.0.0.1",
+                               image_id=lambda ref: "x") as service:
+        first = service.start_async(RunRequest(agent="proj", task="[[sleep: 30]] a"))
+        holder = service.live(first)
+        assert holder is not None
+        with anyio.fail_after(10):
+            while holder.container_id is None:
+                await holder.wait_change(1)
+        second = service.start_async(RunRequest(agent="proj", task="b"))
+        live = service.live(second)
+        assert live is not None
+        with anyio.fail_after(10):
+            while live.queue_position is None:
+                await live.wait_change(1)
+        record = await service.cancel(second)
+        assert record.exit_reason == "cancelled" and "before its agent started" in (
+            record.error or "")
+        await service.cancel(first)
+    assert len(execs(runtime)) == 1
