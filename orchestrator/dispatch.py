@@ -11,7 +11,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import replace
 from typing import Any
@@ -64,8 +64,11 @@ class Dispatcher:
 
     def __init__(self, *, snapshot: ConfigSnapshot, state: StateStore, runtime: Runtime,
                  gateway_host: str | None = None,
-                 image_id: Callable[[str], str | None] | None = None) -> None:
+                 image_id: Callable[[str], str | None] | None = None,
+                 reattach: bool = False) -> None:
         self.snapshot = snapshot
+        self.reattach = reattach
+        """Runs are adoptable after a restart (the MCP service); CLI runs are not."""
         self._image_id = image_id or _docker_image_id
         self.gateway_host = gateway_host
         """Bind the gateway here instead of the network's gateway address (tests only)."""
@@ -88,6 +91,16 @@ class Dispatcher:
 
     async def start(self, tg: TaskGroup, *, warm: bool) -> None:
         self._tg = tg
+        if self.reattach:
+            from orchestrator.reattach import adopt_orphans
+
+            try:
+                adopted = await adopt_orphans(self)
+            except AdSandboxError as exc:
+                log.warning("re-attach skipped: %s", exc.one_line())
+            else:
+                if adopted:
+                    log.info("re-attached %d run(s): %s", len(adopted), ", ".join(adopted))
         try:
             await anyio.to_thread.run_sync(lambda: reap(self.runtime, self.state))
         except AdSandboxError as exc:  # Docker down: runs will say so, with a record each
@@ -205,6 +218,8 @@ class Dispatcher:
             parent_id=request.parent_run_id,
             task=request.task[:2000],
             owner_pid=self.pid,
+            adoptable=self.reattach,
+            response_format=request.response_format,
         )
         if request.root_run_id:
             record.root_id = request.root_run_id
@@ -334,6 +349,30 @@ class Dispatcher:
                       gateway=GatewayHandle(self._gateway.url, self._gateway.tokens),
                       pool=self._pool)
 
+    # ---- what re-attaching needs ---------------------------------------------------------
+
+    @property
+    def gateway(self) -> Gateway:
+        assert self._gateway is not None, "sandbox not started"
+        return self._gateway
+
+    def run_env(self) -> RunEnv:
+        return self._env(self.config)
+
+    def track(self, live: LiveRun) -> None:
+        self._live[live.run_id] = live
+
+    def untrack(self, live: LiveRun) -> None:
+        self._live.pop(live.run_id, None)
+
+    def spawn(self, func: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        assert self._tg is not None, "dispatcher not started"
+        self._tg.start_soon(func)
+
+    async def release_container(self, container_id: str) -> None:
+        assert self._pool is not None
+        await self._pool.release(container_id)
+
     async def _acquire_slot(self, live: LiveRun, limit: int) -> None:
         """A machine-wide concurrency slot, first come first served across processes."""
         if self.state.acquire_slot(live.run_id, owner_pid=self.pid, limit=limit):
@@ -447,6 +486,7 @@ async def open_dispatcher(*, warm: bool = False, runtime: Runtime | None = None,
                           state: StateStore | None = None,
                           gateway_host: str | None = None,
                           image_id: Callable[[str], str | None] | None = None,
+                          reattach: bool = False,
                           ) -> AsyncIterator[Dispatcher]:
     """Start the dispatcher with its gateway, reaper and (optionally) warm pools."""
     if runtime is None:
@@ -454,12 +494,16 @@ async def open_dispatcher(*, warm: bool = False, runtime: Runtime | None = None,
     owned_state = state is None
     store = StateStore() if state is None else state
     dispatcher = Dispatcher(snapshot=ConfigSnapshot(), state=store, runtime=runtime,
-                            gateway_host=gateway_host, image_id=image_id)
+                            gateway_host=gateway_host, image_id=image_id,
+                            reattach=reattach)
+    failure: Exception | None = None
     try:
         async with anyio.create_task_group() as tg:
             await dispatcher.start(tg, warm=warm)
             try:
                 yield dispatcher
+            except Exception as exc:  # re-raised below, not wrapped in the group's exception
+                failure = exc
             finally:
                 with anyio.CancelScope(shield=True):
                     await dispatcher.close()
@@ -467,6 +511,8 @@ async def open_dispatcher(*, warm: bool = False, runtime: Runtime | None = None,
     finally:
         if owned_state:
             store.close()
+    if failure is not None:
+        raise failure
 
 
 def open_service(*, warm: bool = True) -> AbstractAsyncContextManager[Any]:

@@ -100,6 +100,15 @@ class RunRecord(BaseModel):
     last_action: str = ""
     cancel_requested: bool = False
     """Set by a process that wants the run cancelled but does not own it."""
+    response_format: Literal["text", "json"] = "text"
+    timeout_s: float | None = None
+    gateway_url: str | None = None
+    """The gateway address its claude talks to; a process adopting the run serves it again."""
+    token_digest: str | None = None
+    """sha256 of the run token (never the token): lets an adopting process honour it."""
+    adoptable: bool = False
+    """Started by the MCP service (its answer is fetched later), so a restart re-attaches it;
+    a CLI run's answer went to a terminal that is gone, so it is reaped instead."""
 
     def model_post_init(self, __context: Any) -> None:
         if not self.root_id:

@@ -20,7 +20,7 @@ import anyio
 from orchestrator import claude
 from orchestrator.config import Agent, Config
 from orchestrator.errors import AdSandboxError
-from orchestrator.gateway.tokens import RunTokens, TokenInfo
+from orchestrator.gateway.tokens import RunTokens, TokenInfo, token_digest
 from orchestrator.live import LiveRun
 from orchestrator.models import ClaudeResult, ErrorType, ExitReason, RunRecord, RunRequest
 from orchestrator.paths import state_dir
@@ -138,7 +138,7 @@ async def execute(env: RunEnv, request: RunRequest, live: LiveRun) -> RunRecord:
         if container_id is not None:
             with anyio.CancelScope(shield=True):
                 await env.pool.release(container_id)
-    return _finish(env, live, request, outcome, secrets)
+    return conclude(env, live, request, outcome, secrets)
 
 
 @dataclass
@@ -162,7 +162,8 @@ async def _run_claude(
 ) -> _ExecOutcome:
     resume = request.session_id is not None
     session_id = request.session_id or str(uuid.uuid4())
-    env.state.update_run(live.run_id, session_id=session_id)
+    env.state.update_run(live.run_id, session_id=session_id, timeout_s=timeout,
+                         gateway_url=env.gateway.base_url, token_digest=token_digest(token))
     mcp = claude.merged_mcp_config(claude.project_mcp_config(agent.path), None)
     group = env.config.groups.get(request.group) if request.group else None
     prompt = claude.build_prompt(request, shared_context=group.shared_context if group else "")
@@ -196,9 +197,47 @@ async def _run_claude(
         uid=owner.uid,
         api_timeout_ms=int(min(timeout, 600) * 1000),
     )
+    return await watch(env, live, container_id, ["bash", "-c", RUN_SCRIPT, "ad-sandbox-run", *argv],
+                       exec_env=run_env, user=owner.user, timeout=timeout, secrets=secrets)
+
+
+RUN_SCRIPT = f"""
+"$@" < {RUN_DIR}/prompt | tee -p {RUN_DIR}/stream.jsonl
+code=${{PIPESTATUS[0]}}
+echo "$code" > {RUN_DIR}/exit
+exit "$code"
+"""
+"""Runs claude (argv after the script) with the prompt on stdin; its stream also goes to a
+file and its exit code to another, so a process that adopts the run after a restart can
+follow it (tee -p keeps writing the file when the exec's client is gone)."""
+
+FOLLOW_SCRIPT = f"""
+tail -n +1 -f {RUN_DIR}/stream.jsonl & follower=$!
+while [ ! -e {RUN_DIR}/exit ]; do sleep 0.2; done
+sleep 0.2; kill "$follower"
+exit "$(cat {RUN_DIR}/exit)"
+"""
+"""Replays and follows an adopted run's stream until claude has ended; exits with its code."""
+
+
+async def watch(
+    env: RunEnv,
+    live: LiveRun,
+    container_id: str,
+    argv: list[str],
+    *,
+    exec_env: dict[str, str],
+    user: str,
+    timeout: float,
+    secrets: dict[str, bytes],
+) -> _ExecOutcome:
+    """Exec ``argv`` (claude, or a follower of it) to its end or the deadline; say how it ended."""
+    runtime = env.runtime
     parser = claude.StreamParser()
     stderr: list[str] = []
     log_file = RunLog(run_log_path(live.run_id), secrets)
+
+    persisted = [""]
 
     def on_line(line: str) -> None:
         log_file.write(line.rstrip("\n") + "\n")
@@ -210,6 +249,9 @@ async def _run_claude(
             live.output_tokens = parser.output_tokens
             live.cost_usd = max(live.cost_usd, parser.cost_usd)
         live.poke()
+        if parser.last_action != persisted[0]:  # for other processes' eyes (ps, status)
+            persisted[0] = parser.last_action
+            env.state.update_run(live.run_id, last_action=parser.last_action)
 
     def on_stderr(text: str) -> None:
         stderr.append(text)
@@ -217,8 +259,8 @@ async def _run_claude(
 
     def run_exec() -> ExecResult:
         return runtime.exec(
-            container_id, argv, env=run_env, user=owner.user, workdir=WORKSPACE,
-            stdin_file=f"{RUN_DIR}/prompt", on_stdout_line=on_line, on_stderr=on_stderr,
+            container_id, argv, env=exec_env, user=user, workdir=WORKSPACE,
+            stdin_file=None, on_stdout_line=on_line, on_stderr=on_stderr,
         )
 
     exec_result: ExecResult | None = None
@@ -274,7 +316,7 @@ _REASON_ERRORS: dict[ExitReason, tuple[ErrorType, str]] = {
 }
 
 
-def _finish(
+def conclude(
     env: RunEnv,
     live: LiveRun,
     request: RunRequest,

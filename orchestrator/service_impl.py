@@ -222,5 +222,5 @@ class Service:
 @asynccontextmanager
 async def open_service(*, warm: bool = True) -> AsyncIterator[Service]:
     """The production service: the dispatcher over Docker, warm pools filled."""
-    async with open_dispatcher(warm=warm) as dispatcher:
+    async with open_dispatcher(warm=warm, reattach=True) as dispatcher:
         yield Service(dispatcher)

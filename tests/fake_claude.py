@@ -17,10 +17,24 @@ def _flag(argv: tuple[str, ...], name: str) -> str | None:
     return argv[argv.index(name) + 1] if name in argv else None
 
 
+def claude_argv(proc: FakeExec) -> tuple[str, ...]:
+    """The claude argv inside the runner's ``bash -c SCRIPT $0 claude ...`` wrapper."""
+    assert proc.argv[:2] == ("bash", "-c"), proc.argv
+    return proc.argv[4:]
+
+
+def prompt_of(proc: FakeExec) -> str:
+    """The wrapper feeds claude the prompt file on stdin."""
+    found = proc.read_file("/run/ad-sandbox/prompt")
+    assert found is not None, "no prompt file"
+    return found.data.decode()
+
+
 def fake_claude(proc: FakeExec) -> int:
     base = proc.env["ANTHROPIC_BASE_URL"]
-    session = _flag(proc.argv, "--session-id") or _flag(proc.argv, "--resume") or "none"
-    prompt = proc.stdin.decode()
+    argv = claude_argv(proc)
+    session = _flag(argv, "--session-id") or _flag(argv, "--resume") or "none"
+    prompt = prompt_of(proc)
     proc.out(json.dumps({"type": "system", "subtype": "init", "session_id": session}))
     response = httpx.post(
         f"{base}/v1/messages?beta=true",

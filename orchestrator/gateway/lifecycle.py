@@ -9,6 +9,9 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from urllib.parse import urlsplit
+
+from starlette.applications import Starlette
 
 from orchestrator.config import Config
 from orchestrator.gateway.server import GatewayServer, create_gateway_app
@@ -42,6 +45,8 @@ class Gateway:
         self._on_refused = on_budget_refused
         self._stub: StubServer | None = None
         self._server: GatewayServer | None = None
+        self._app: Starlette | None = None
+        self._extra: dict[int, GatewayServer] = {}
 
     @property
     def url(self) -> str:
@@ -64,6 +69,7 @@ class Gateway:
             check_budget=self._check_budget,
             prices=api.prices or None,
         )
+        self._app = app
         try:
             self._server = GatewayServer(app, host=self.network.gateway_ip, port=0).start()
         except BaseException:
@@ -72,7 +78,26 @@ class Gateway:
         log.info("gateway on %s → %s", self._server.url, "stub" if api.is_stub else upstream)
         return self
 
+    def serve_also(self, url: str) -> bool:
+        """Serve on ``url`` too (a dead process's gateway address, for runs this one adopts)."""
+        parsed = urlsplit(url)
+        if self._app is None or parsed.port is None or url == self.url:
+            return url == self.url
+        if parsed.port in self._extra:
+            return True
+        try:
+            extra = GatewayServer(self._app, host=self.network.gateway_ip,
+                                  port=parsed.port).start()
+        except Exception as exc:  # the address is taken: the adopted run will say so
+            log.warning("cannot serve the adopted gateway address %s: %s", url, exc)
+            return False
+        self._extra[parsed.port] = extra
+        return True
+
     def stop(self) -> None:
+        for extra in self._extra.values():
+            extra.stop()
+        self._extra.clear()
         if self._server is not None:
             self._server.stop()
             self._server = None

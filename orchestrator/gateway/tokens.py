@@ -34,6 +34,11 @@ class TokenInfo:
     caller: str
 
 
+def token_digest(token: str) -> str:
+    """What a run record keeps of a token: enough to honour it again, not to forge it."""
+    return _digest(token)
+
+
 def _digest(token: str) -> str:
     # Keyed by digest so a lookup's timing says nothing about how much of a guess matched.
     return hashlib.sha256(token.encode()).hexdigest()
@@ -52,6 +57,15 @@ class RunTokens:
         with self._lock:
             self._live[_digest(token)] = info
         return token
+
+    def restore(self, digest: str, info: TokenInfo) -> None:
+        """Honour again a token issued by a process that died (by its digest)."""
+        with self._lock:
+            self._live[digest] = info
+
+    def revoke_digest(self, digest: str) -> None:
+        with self._lock:
+            self._live.pop(digest, None)
 
     def revoke(self, token: str) -> None:
         """End ``token``; unknown tokens are ignored."""

@@ -251,3 +251,56 @@ def test_the_relay_refuses_requests_without_a_live_run_token(
 
     # no token, the token of a run that has ended, a made-up key: all refused
     assert anyio.run(main) == [401, 401, 401]
+
+
+def _last_record(home: Path, agent: str) -> dict[str, Any]:
+    done = run_cli(home, "jobs", "--json", "--agent", agent)
+    assert done.returncode == 0, done.stderr
+    records = json.loads(done.stdout)
+    assert records, f"no record for {agent}"
+    return dict(records[0])
+
+
+def _one_error_line(stderr: str) -> str:
+    lines = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, stderr
+    assert " — " in lines[0] or "hint:" in stderr, stderr  # a next step
+    assert "Traceback" not in stderr, stderr
+    return lines[0]
+
+
+def test_unknown_agent(home: Path, project: Path, client: docker.DockerClient) -> None:
+    write_config(home, {"proj": {"directory": str(project)}})
+    done = run_cli(home, "run", "nobody", "hi")
+    assert done.returncode == 2
+    assert "unknown agent 'nobody'" in _one_error_line(done.stderr)
+    assert _last_record(home, "nobody")["error_type"] == "not_found"
+
+
+def test_directory_deleted_after_add(home: Path, project: Path) -> None:
+    write_config(home, {"proj": {"directory": str(project)}})
+    project.rename(project.with_name("gone"))
+    done = run_cli(home, "run", "proj", "hi")
+    assert done.returncode == 2
+    assert "does not exist" in _one_error_line(done.stderr)
+    record = _last_record(home, "proj")
+    assert record["status"] == "finished" and record["container_id"] is None
+
+
+def test_image_missing(home: Path, project: Path) -> None:
+    write_config(home, {"proj": {"directory": str(project), "image": "ad-sandbox/none:missing"}})
+    done = run_cli(home, "run", "proj", "hi")
+    assert done.returncode == 4
+    line = _one_error_line(done.stderr)
+    assert "ad-sandbox/none:missing" in line and "image build" in done.stderr
+    record = _last_record(home, "proj")
+    assert record["error_type"] == "sandbox" and record["status"] == "finished"
+
+
+def test_docker_stopped(home: Path, project: Path) -> None:
+    write_config(home, {"proj": {"directory": str(project)}})
+    done = run_cli(home, "run", "proj", "hi", DOCKER_HOST=f"unix://{home}/no-engine.sock")
+    assert done.returncode == 4
+    assert "Docker engine not reachable" in _one_error_line(done.stderr)
+    record = _last_record(home, "proj")
+    assert record["error_type"] == "sandbox" and "not reachable" in record["error"]

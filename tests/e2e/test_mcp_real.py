@@ -371,3 +371,51 @@ def test_claude_code_is_the_mcp_client(env: dict[str, str]) -> None:
     jobs = subprocess.run([AD_SANDBOX, "jobs", "--json", "--agent", "beta"], env=env,
                           capture_output=True, text=True, check=True)
     assert json.loads(jobs.stdout)[0]["result"] == "hello from the beta container"
+
+
+def test_a_restart_reattaches_jobs_whose_container_still_runs(env: dict[str, str]) -> None:
+    """kill -9 of `serve` mid-job; the next `serve` re-attaches and the job completes."""
+    import signal
+
+    from orchestrator.state import StateStore
+
+    server = subprocess.Popen([AD_SANDBOX, "serve"], env=env, stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    assert server.stdin is not None and server.stdout is not None
+
+    def call(message: dict[str, Any]) -> dict[str, Any]:
+        assert server.stdin is not None and server.stdout is not None
+        server.stdin.write(json.dumps({"jsonrpc": "2.0", **message}) + "\n")
+        server.stdin.flush()
+        return dict(json.loads(server.stdout.readline())) if "id" in message else {}
+
+    call({"id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": {},
+        "clientInfo": {"name": "restarter", "version": "1"}}})
+    call({"method": "notifications/initialized"})
+    started = call({"id": 2, "method": "tools/call", "params": {
+        "name": "dispatch_async",
+        "arguments": {"agent": "alpha", "task": "[[bash: sleep 8; echo survived]]"}}})
+    job = started["result"]["structuredContent"]["job_id"]
+    state_db = Path(env["AD_SANDBOX_STATE_DIR"]) / "state.db"
+    with StateStore(state_db) as state:  # wait until the agent is inside its Bash call
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and "Bash" not in state.get_run(job).last_action:
+            time.sleep(0.2)
+        assert "Bash: sleep 8" in state.get_run(job).last_action
+    server.send_signal(signal.SIGKILL)
+    server.wait(10)
+    server.stdin.close()
+    server.stdout.close()
+    assert [c for c in containers("alpha") if c.status == "running"], "container died with it"
+
+    async def after_restart() -> dict[str, Any]:
+        async with stdio(env) as client:
+            return body(await client.call_tool("dispatch_wait",
+                                               {"job_id": job, "timeout_seconds": 90}))
+
+    waited = anyio.run(after_restart)
+    assert waited["status"] == "finished", waited
+    assert waited["exit_reason"] == "completed", waited
+    assert waited["result"]["result"] == "tool result: survived"
+    assert containers("alpha") == []

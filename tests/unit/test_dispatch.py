@@ -64,7 +64,7 @@ def env(tmp_path: Path, project: Path, monkeypatch: pytest.MonkeyPatch) -> Itera
 @pytest.fixture
 def runtime() -> FakeRuntime:
     fake = FakeRuntime()
-    fake.on_command("claude", fake_claude)
+    fake.on_command("bash", fake_claude)
     return fake
 
 
@@ -92,7 +92,8 @@ async def test_dispatch_runs_claude_in_a_container_and_records_it(
     assert runtime.inspect(result.container_id or "") is None  # removed after the run
     _, argv, env_vars, _user, workdir, stdin_file = execs(runtime)[0][1]
     assert "say hi" not in " ".join(argv)  # the task never goes into argv
-    assert stdin_file == "/run/ad-sandbox/prompt" and workdir == "/workspace"
+    assert argv[4] == "claude" and "< /run/ad-sandbox/prompt" in argv[2]  # prompt on stdin
+    assert stdin_file is None and workdir == "/workspace"
     assert env_vars["ANTHROPIC_API_KEY"].startswith("ads-run-")
 
 
@@ -145,7 +146,7 @@ async def test_oom_is_told_apart(dispatcher: Dispatcher, runtime: FakeRuntime) -
     def oom(proc: FakeExec) -> int:
         return proc.oom()
 
-    runtime.on_command("claude", oom)
+    runtime.on_command("bash", oom)
     result = await dispatcher.dispatch(RunRequest(agent="proj", task="eat memory"))
     assert result.exit_reason == "oom" and result.error_type == "oom"
 
@@ -155,7 +156,7 @@ async def test_crash_without_result(dispatcher: Dispatcher, runtime: FakeRuntime
         proc.err("segfault\n")
         return 139
 
-    runtime.on_command("claude", crash)
+    runtime.on_command("bash", crash)
     result = await dispatcher.dispatch(RunRequest(agent="proj", task="x"))
     assert result.exit_reason == "crashed" and "segfault" in (result.error or "")
 
@@ -256,7 +257,7 @@ async def test_concurrency_limit_holds(env: Path, project: Path, runtime: FakeRu
         finally:
             running -= 1
 
-    runtime.on_command("claude", counted)
+    runtime.on_command("bash", counted)
     updates: list[ProgressUpdate] = []
 
     async def record(update: ProgressUpdate) -> None:
@@ -300,7 +301,7 @@ async def test_secrets_are_files_and_redacted(env: Path, project: Path, runtime:
                  '"total_cost_usd":0,"usage":{"input_tokens":1,"output_tokens":1}}')
         return 0
 
-    runtime.on_command("claude", leaky)
+    runtime.on_command("bash", leaky)
     async with open_dispatcher(runtime=runtime, gateway_host="127.0.0.1",
                                image_id=lambda ref: "x") as service:
         result = await service.dispatch(RunRequest(agent="proj", task="leak"))

@@ -1,0 +1,114 @@
+"""Re-attaching, after a restart, to MCP jobs whose container kept running (SPEC §6).
+
+The orchestrator that started them died (crash, ``kill -9``, reboot of the process); their
+``claude`` goes on inside the container, writing its stream to a file there. The next
+process serves the dead gateway's address again, honours the run's token by its digest,
+follows the stream from the start and records the end as if nothing had happened. Runs
+that cannot be adopted are left to the reaper, which ends them truthfully.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING
+
+import anyio
+
+from orchestrator.errors import AdSandboxError
+from orchestrator.gateway.tokens import TokenInfo
+from orchestrator.live import LiveRun
+from orchestrator.models import RunRecord, RunRequest
+from orchestrator.runner import FOLLOW_SCRIPT, conclude, watch
+from orchestrator.sandbox import directory_owner, read_secrets
+from orchestrator.state import pid_alive
+
+if TYPE_CHECKING:
+    from orchestrator.dispatch import Dispatcher
+
+log = logging.getLogger(__name__)
+
+NO_SLOT_LIMIT = 1_000_000
+"""An adopted run already runs: it takes a slot whatever the limit, so it is counted."""
+
+
+def orphans(dispatcher: Dispatcher) -> list[RunRecord]:
+    """Adoptable runs whose owner process is gone."""
+    return [
+        record for record in dispatcher.state.unfinished_runs()
+        if record.adoptable and record.container_id and record.token_digest
+        and record.owner_pid not in (None, dispatcher.pid)
+        and not pid_alive(record.owner_pid)
+    ]
+
+
+async def adopt_orphans(dispatcher: Dispatcher) -> list[str]:
+    """Adopt every orphan whose container still runs; returns their run ids."""
+    candidates = orphans(dispatcher)
+    if not candidates:
+        return []
+    await dispatcher.ensure_sandbox()
+    adopted = []
+    for record in candidates:
+        assert record.container_id is not None
+        status = await anyio.to_thread.run_sync(dispatcher.runtime.inspect, record.container_id)
+        if status is None or not status.running:
+            continue  # the reaper ends it: its container is gone
+        try:
+            _adopt(dispatcher, record)
+        except AdSandboxError as exc:
+            log.warning("cannot re-attach run %s: %s", record.run_id, exc.one_line())
+            continue
+        adopted.append(record.run_id)
+    return adopted
+
+
+def _adopt(dispatcher: Dispatcher, record: RunRecord) -> None:
+    config = dispatcher.config
+    agent = config.agent(record.agent)
+    owner = directory_owner(record.agent, agent)
+    try:
+        secrets = read_secrets(record.agent, agent)
+    except AdSandboxError:
+        secrets = {}
+    gateway = dispatcher.gateway
+    assert record.token_digest is not None and record.container_id is not None
+    if record.gateway_url and not gateway.serve_also(record.gateway_url):
+        log.warning("run %s: its gateway address %s is taken; its next model call will fail",
+                    record.run_id, record.gateway_url)
+    gateway.tokens.restore(record.token_digest, TokenInfo(
+        run_id=record.run_id, root_id=record.root_id, agent=record.agent,
+        depth=record.depth, caller=record.caller))
+    timeout = record.timeout_s or config.settings.default_timeout
+    started = record.started_at or record.created_at
+    state = dispatcher.state
+    state.acquire_slot(record.run_id, owner_pid=dispatcher.pid, limit=NO_SLOT_LIMIT)
+    state.add_container(record.container_id, agent=record.agent, owner_pid=dispatcher.pid,
+                        lease_s=max(0.0, started + timeout - time.time()) + 60,
+                        state="running", run_id=record.run_id)
+    updated = state.update_run(record.run_id, owner_pid=dispatcher.pid,
+                               last_action="re-attached after an orchestrator restart")
+    live = LiveRun(updated)
+    live.container_id = record.container_id
+    live.state = "running"
+    dispatcher.track(live)
+    log.info("run %s: re-attached to container %s", record.run_id, record.container_id[:12])
+
+    async def follow() -> None:
+        assert record.container_id is not None and record.token_digest is not None
+        try:
+            remaining = max(0.0, started + timeout - time.time())
+            outcome = await watch(dispatcher.run_env(), live, record.container_id,
+                                  ["bash", "-c", FOLLOW_SCRIPT], exec_env={},
+                                  user=owner.user, timeout=remaining, secrets=secrets)
+            request = RunRequest(agent=record.agent, task=record.task or "-",
+                                 response_format=record.response_format)
+            conclude(dispatcher.run_env(), live, request, outcome, secrets)
+        finally:
+            with anyio.CancelScope(shield=True):
+                gateway.tokens.revoke_digest(record.token_digest)
+                state.release_slot(record.run_id)
+                await dispatcher.release_container(record.container_id)
+                dispatcher.untrack(live)
+
+    dispatcher.spawn(follow)
