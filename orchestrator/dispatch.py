@@ -82,6 +82,8 @@ class Dispatcher:
         self._gateway: Gateway | None = None
         self._pool: WarmPool | None = None
         self._sandbox_lock = anyio.Lock()
+        self._warm = False
+        """Keep the warm pools filled (a long-lived server); a one-shot CLI run does not."""
 
     @property
     def config(self) -> Config:
@@ -91,6 +93,7 @@ class Dispatcher:
 
     async def start(self, tg: TaskGroup, *, warm: bool) -> None:
         self._tg = tg
+        self._warm = warm
         if self.reattach:
             from orchestrator.reattach import adopt_orphans
 
@@ -331,7 +334,7 @@ class Dispatcher:
                 self._slot_freed = anyio.Event()
             if key and record.success and record.exit_reason == "completed":
                 self.state.cache_put(key, record.run_id, config.settings.cache.ttl)
-            if self._tg is not None and config.settings.pool.warm_per_agent:
+            if self._warm and self._tg is not None and config.settings.pool.warm_per_agent:
                 self._tg.start_soon(self.fill_pool, request.agent, agent,
                                     config.settings.pool.warm_per_agent)
         except BudgetExceeded as exc:
