@@ -9,10 +9,14 @@ from __future__ import annotations
 import hashlib
 import json
 import subprocess
+import time
 from pathlib import Path
+from typing import Any
 
 from orchestrator.config import Agent
-from orchestrator.models import RunRequest
+from orchestrator.errors import RunNotFound
+from orchestrator.models import RunRecord, RunRequest
+from orchestrator.state import StateStore
 
 GIT_TIMEOUT_S = 10
 
@@ -60,3 +64,30 @@ def cache_key(request: RunRequest, agent: Agent, image_id: str, project: str) ->
 def cacheable(request: RunRequest) -> bool:
     """Resumed sessions continue a conversation; their answer depends on more than the key."""
     return request.session_id is None
+
+
+FOLLOWED_FIELDS = ("success", "exit_reason", "outcome", "result", "error", "error_type", "hint",
+                   "session_id", "num_turns", "denied_tools", "parsed_result", "image",
+                   "container_id")
+
+
+def lookup(state: StateStore, key: str) -> RunRecord | None:
+    """The run whose answer is cached under ``key`` (hits and misses are counted)."""
+    hit = state.cache_get(key)
+    state.cache_note(hit is not None)
+    if hit is None:
+        return None
+    try:
+        return state.get_run(hit)
+    except RunNotFound:  # its record was collected; the entry is as good as gone
+        return None
+
+
+def answer_from(state: StateStore, record: RunRecord, source: RunRecord) -> RunRecord:
+    """End ``record`` with ``source``'s answer at no cost: a cache hit or a coalesced run."""
+    fields: dict[str, Any] = {name: getattr(source, name) for name in FOLLOWED_FIELDS}
+    now = time.time()
+    return state.update_run(
+        record.run_id, status="finished", cached=True, cost_usd=0.0, claude_cost_usd=0.0,
+        finished_at=now, duration_ms=int((now - record.created_at) * 1000),
+        last_action=f"served from run {source.run_id}", **fields)

@@ -7,17 +7,13 @@ run finishes and its record is readable later.
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from dataclasses import replace
 from typing import Any
 
 import anyio
-from anyio.abc import TaskGroup
 
 from orchestrator import cache
 from orchestrator.config import Agent, Config
@@ -27,23 +23,17 @@ from orchestrator.errors import (
     AgentNotFound,
     BudgetExceeded,
     ContainerFailed,
-    DockerUnavailable,
     RecursionLimit,
-    RunNotFound,
     UsageError,
 )
-from orchestrator.gateway.lifecycle import DAY_S, Gateway
-from orchestrator.gateway.tokens import TokenInfo
+from orchestrator.gateway.lifecycle import DAY_S
+from orchestrator.host import SandboxHost, docker_runtime
 from orchestrator.live import LiveRun, report_progress
 from orchestrator.models import ExitReason, RunRecord, RunRequest
-from orchestrator.pool import WarmPool
-from orchestrator.reaper import reap
 from orchestrator.results import DispatchResult, ProgressFn
-from orchestrator.runner import GatewayHandle, RunEnv, execute
+from orchestrator.runner import execute
 from orchestrator.runtime.base import Runtime
 from orchestrator.sandbox import (
-    AGENTS_NETWORK,
-    MANAGED,
     agent_image,
     directory_owner,
     read_secrets,
@@ -59,122 +49,8 @@ SLOT_RECHECK_S = 0.2
 """Waiting for a slot another process holds: local releases wake at once, others are re-read."""
 
 
-class Dispatcher:
+class Dispatcher(SandboxHost):
     """The core service. Create with :func:`open_dispatcher`."""
-
-    def __init__(self, *, snapshot: ConfigSnapshot, state: StateStore, runtime: Runtime,
-                 gateway_host: str | None = None,
-                 image_id: Callable[[str], str | None] | None = None,
-                 reattach: bool = False) -> None:
-        self.snapshot = snapshot
-        self.reattach = reattach
-        """Runs are adoptable after a restart (the MCP service); CLI runs are not."""
-        self._image_id = image_id or _docker_image_id
-        self.gateway_host = gateway_host
-        """Bind the gateway here instead of the network's gateway address (tests only)."""
-        self.state = state
-        self.runtime = runtime
-        self.pid = os.getpid()
-        self._live: dict[str, LiveRun] = {}
-        self._inflight: dict[str, LiveRun] = {}
-        self._slot_freed = anyio.Event()
-        self._tg: TaskGroup | None = None
-        self._gateway: Gateway | None = None
-        self._pool: WarmPool | None = None
-        self._sandbox_lock = anyio.Lock()
-        self._warm = False
-        """Keep the warm pools filled (a long-lived server); a one-shot CLI run does not."""
-
-    @property
-    def config(self) -> Config:
-        return self.snapshot.get()
-
-    # ---- lifecycle -------------------------------------------------------------------
-
-    async def start(self, tg: TaskGroup, *, warm: bool) -> None:
-        self._tg = tg
-        self._warm = warm
-        if self.reattach:
-            from orchestrator.reattach import adopt_orphans
-
-            try:
-                adopted = await adopt_orphans(self)
-            except AdSandboxError as exc:
-                log.warning("re-attach skipped: %s", exc.one_line())
-            else:
-                if adopted:
-                    log.info("re-attached %d run(s): %s", len(adopted), ", ".join(adopted))
-        try:
-            await anyio.to_thread.run_sync(lambda: reap(self.runtime, self.state))
-        except AdSandboxError as exc:  # Docker down: runs will say so, with a record each
-            log.info("start-up reap skipped: %s", exc.one_line())
-        tg.start_soon(self._housekeeping)
-        if warm:
-            try:
-                await self.ensure_sandbox()
-            except AdSandboxError as exc:  # each dispatch reports it, with a record
-                log.warning("sandbox not ready: %s", exc.one_line())
-            else:
-                tg.start_soon(self.fill_pools)
-
-    async def ensure_sandbox(self) -> None:
-        """The agents network, this process's gateway and the pool; made on first use."""
-        async with self._sandbox_lock:
-            if self._gateway is not None:
-                return
-            network = await anyio.to_thread.run_sync(
-                lambda: self.runtime.ensure_network(AGENTS_NETWORK, internal=True,
-                                                    labels=MANAGED)
-            )
-            if self.gateway_host is not None:
-                network = replace(network, gateway_ip=self.gateway_host)
-            gateway = Gateway(
-                self.config, self.state, network,
-                run_budget=self._run_budget, on_budget_refused=self._budget_refused,
-            )
-            await anyio.to_thread.run_sync(gateway.start)
-            self._pool = WarmPool(runtime=self.runtime, state=self.state, network=network.name)
-            self._gateway = gateway
-
-    async def close(self) -> None:
-        """Let running runs end (each within its deadline), then stop what this process owns."""
-        for live in list(self._live.values()):
-            await live.wait_done()
-        if self._pool is not None:
-            for lease in self.state.containers(state="warm"):
-                if lease.owner_pid == self.pid:
-                    await self._pool.release(lease.container_id)
-        if self._gateway is not None:
-            self._gateway.stop()
-
-    async def _housekeeping(self) -> None:
-        while True:
-            await anyio.sleep(HOUSEKEEPING_S)
-            try:
-                for lease in self.state.containers(state="warm"):
-                    if lease.owner_pid == self.pid:
-                        self.state.renew_lease(lease.container_id, 3600)
-                await anyio.to_thread.run_sync(lambda: reap(self.runtime, self.state))
-            except Exception:  # housekeeping must never take the server down
-                log.exception("housekeeping pass failed")
-
-    async def fill_pools(self) -> None:
-        config = self.config
-        target = config.settings.pool.warm_per_agent
-        for name, agent in config.agents.items():
-            await self.fill_pool(name, agent, target)
-
-    async def fill_pool(self, name: str, agent: Agent, target: int,
-                        *, detached: bool = False) -> list[str]:
-        await self.ensure_sandbox()
-        assert self._pool is not None
-        try:
-            owner = directory_owner(name, agent)
-        except UsageError as exc:
-            log.warning("no warm pool for %s: %s", name, exc.one_line())
-            return []
-        return await self._pool.fill(name, agent, agent_image(self.config, agent), owner,
-                                     target, detached=detached)
 
     # ---- dispatch --------------------------------------------------------------------
 
@@ -346,36 +222,6 @@ class Dispatcher:
             if key:
                 self._inflight.pop(key, None)
 
-    def _env(self, config: Config) -> RunEnv:
-        assert self._gateway is not None and self._pool is not None
-        return RunEnv(config=config, state=self.state, runtime=self.runtime,
-                      gateway=GatewayHandle(self._gateway.url, self._gateway.tokens),
-                      pool=self._pool)
-
-    # ---- what re-attaching needs ---------------------------------------------------------
-
-    @property
-    def gateway(self) -> Gateway:
-        assert self._gateway is not None, "sandbox not started"
-        return self._gateway
-
-    def run_env(self) -> RunEnv:
-        return self._env(self.config)
-
-    def track(self, live: LiveRun) -> None:
-        self._live[live.run_id] = live
-
-    def untrack(self, live: LiveRun) -> None:
-        self._live.pop(live.run_id, None)
-
-    def spawn(self, func: Callable[[], Coroutine[Any, Any, None]]) -> None:
-        assert self._tg is not None, "dispatcher not started"
-        self._tg.start_soon(func)
-
-    async def release_container(self, container_id: str) -> None:
-        assert self._pool is not None
-        await self._pool.release(container_id)
-
     async def _acquire_slot(self, live: LiveRun, limit: int) -> None:
         """A machine-wide concurrency slot, first come first served across processes."""
         if self.state.acquire_slot(live.run_id, owner_pid=self.pid, limit=limit):
@@ -405,53 +251,15 @@ class Dispatcher:
         return cache.cache_key(request, agent, image_id or image, project)
 
     async def _from_cache(self, key: str, live: LiveRun) -> bool:
-        hit = self.state.cache_get(key)
-        self.state.cache_note(hit is not None)
-        if hit is None:
-            return False
-        try:
-            source = self.state.get_run(hit)
-        except RunNotFound:
-            return False
-        self._follow(live, source)
-        return True
+        source = cache.lookup(self.state, key)
+        if source is not None:
+            live.finish(cache.answer_from(self.state, live.record, source))
+        return source is not None
 
     def _follow(self, live: LiveRun, source: RunRecord) -> None:
-        """End ``live`` with ``source``'s answer, at no cost (a cache hit or a coalesced run)."""
-        fields: dict[str, Any] = {
-            name: getattr(source, name)
-            for name in ("success", "exit_reason", "outcome", "result", "error", "error_type",
-                         "hint", "session_id", "num_turns", "denied_tools", "parsed_result",
-                         "image", "container_id")
-        }
-        now = time.time()
-        record = self.state.update_run(
-            live.run_id, status="finished", cached=True, cost_usd=0.0, claude_cost_usd=0.0,
-            finished_at=now, duration_ms=int((now - live.record.created_at) * 1000),
-            last_action=f"served from run {source.run_id}", **fields)
-        live.finish(record)
-
-    # ---- budget hooks (called from the gateway's threads) ----------------------------------
-
-    def _run_budget(self, info: TokenInfo) -> float:
-        config = self.config
-        agent = config.agents.get(info.agent)
-        limit = config.settings.budget.per_run
-        if agent is not None and agent.max_budget_usd is not None:
-            limit = min(limit, agent.max_budget_usd)
-        return limit
-
-    def _budget_refused(self, info: TokenInfo, reason: str) -> None:
-        live = self._live.get(info.run_id)
-        if live is not None:
-            with live.lock:
-                live.budget_reason = reason
-            live.poke()
+        live.finish(cache.answer_from(self.state, live.record, source))
 
     # ---- jobs ----------------------------------------------------------------------------
-
-    def live(self, run_id: str) -> LiveRun | None:
-        return self._live.get(run_id)
 
     async def cancel(self, run_id: str) -> RunRecord:
         """Kill the run's container now; the run ends ``cancelled``.
@@ -493,7 +301,7 @@ async def open_dispatcher(*, warm: bool = False, runtime: Runtime | None = None,
                           ) -> AsyncIterator[Dispatcher]:
     """Start the dispatcher with its gateway, reaper and (optionally) warm pools."""
     if runtime is None:
-        runtime = _docker_runtime()
+        runtime = docker_runtime()
     owned_state = state is None
     store = StateStore() if state is None else state
     dispatcher = Dispatcher(snapshot=ConfigSnapshot(), state=store, runtime=runtime,
@@ -523,25 +331,3 @@ def open_service(*, warm: bool = True) -> AbstractAsyncContextManager[Any]:
     from orchestrator.service_impl import open_service as open_impl
 
     return open_impl(warm=warm)
-
-
-def _docker_runtime() -> Runtime:
-    from orchestrator.runtime.docker_runtime import DockerRuntime
-    from orchestrator.runtime.unavailable import UnavailableRuntime
-
-    try:
-        return DockerRuntime()
-    except DockerUnavailable as exc:
-        log.info("%s", exc.one_line())
-        return UnavailableRuntime(exc)
-
-
-def _docker_image_id(ref: str) -> str | None:
-    from orchestrator.runtime.images import image_status
-
-    status = image_status(ref)
-    return status.id if status else None
-
-
-def record_json(record: RunRecord) -> str:
-    return json.dumps(record.model_dump(mode="json"), indent=2)

@@ -24,7 +24,7 @@ from orchestrator.sandbox import directory_owner, read_secrets
 from orchestrator.state import pid_alive
 
 if TYPE_CHECKING:
-    from orchestrator.dispatch import Dispatcher
+    from orchestrator.host import SandboxHost
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ NO_SLOT_LIMIT = 1_000_000
 """An adopted run already runs: it takes a slot whatever the limit, so it is counted."""
 
 
-def orphans(dispatcher: Dispatcher) -> list[RunRecord]:
+def orphans(dispatcher: SandboxHost) -> list[RunRecord]:
     """Adoptable runs whose owner process is gone."""
     return [
         record for record in dispatcher.state.unfinished_runs()
@@ -42,7 +42,7 @@ def orphans(dispatcher: Dispatcher) -> list[RunRecord]:
     ]
 
 
-async def adopt_orphans(dispatcher: Dispatcher) -> list[str]:
+async def adopt_orphans(dispatcher: SandboxHost) -> list[str]:
     """Adopt every orphan whose container still runs; returns their run ids."""
     candidates = orphans(dispatcher)
     if not candidates:
@@ -63,7 +63,7 @@ async def adopt_orphans(dispatcher: Dispatcher) -> list[str]:
     return adopted
 
 
-def _adopt(dispatcher: Dispatcher, record: RunRecord) -> None:
+def _adopt(dispatcher: SandboxHost, record: RunRecord) -> None:
     config = dispatcher.config
     agent = config.agent(record.agent)
     owner = directory_owner(record.agent, agent)

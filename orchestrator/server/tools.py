@@ -1,41 +1,27 @@
-"""The MCP server (SPEC §7): thin tools over a DispatchService built in the lifespan.
-
-The only module that imports ``mcp``. Every tool reads the service from the typed
-lifespan context, turns progress updates into MCP progress notifications, and turns
-:class:`AdSandboxError` and failed runs into ``isError`` results that keep their
-structured fields. Logging goes to stderr: on stdio, stdout is the protocol.
-"""
+"""The MCP tools (SPEC §7): thin async adapters over the DispatchService."""
 
 from __future__ import annotations
 
-import hmac
-import importlib
-import ipaddress
-import json
 import logging
-import socket
-import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from functools import partial
-from typing import Annotated, Any, Literal, TypeVar, cast
+from typing import Annotated, Any, Literal
 
-import anyio
-import pydantic_core
-from mcp.server.mcpserver import Context, MCPServer
-from mcp.server.transport_security import TransportSecuritySettings
-from mcp.types import CallToolResult, TextContent, ToolAnnotations
+from mcp.types import CallToolResult, ToolAnnotations
 from pydantic import BaseModel, Field
-from starlette.datastructures import Headers
-from starlette.responses import JSONResponse
-from starlette.types import ASGIApp, Receive, Scope, Send
 
-from orchestrator import __version__
 from orchestrator.config import Mount, PermissionMode
-from orchestrator.errors import AdSandboxError, UsageError
-from orchestrator.models import ErrorType, RunStatus
-from orchestrator.results import DispatchResult, ProgressFn, ProgressUpdate
+from orchestrator.models import RunStatus
+from orchestrator.results import DispatchResult
+from orchestrator.server.results import (
+    Ctx,
+    _answer,
+    _long,
+    _parallel_failed,
+    _run_failed,
+    _service,
+    refused_run,
+)
 from orchestrator.service import (
     AgentArgs,
     AgentDetail,
@@ -45,7 +31,6 @@ from orchestrator.service import (
     Count,
     DialogueResult,
     DispatchArgs,
-    DispatchService,
     FetchedResult,
     GroupDetail,
     GroupList,
@@ -57,175 +42,6 @@ from orchestrator.service import (
 )
 
 logger = logging.getLogger(__name__)
-
-ServiceFactory = Callable[[], AbstractAsyncContextManager[DispatchService]]
-M = TypeVar("M", bound=BaseModel)
-CANCEL_GRACE_S = 10.0
-"""How long a cancelled tool may spend telling the service to kill its runs."""
-MANAGEMENT_TOOLS = ("add_agent", "update_agent", "remove_agent")
-LOOPBACK_NAMES = ("localhost",)
-
-
-@dataclass
-class AppState:
-    """What the lifespan yields: the one service every tool call uses."""
-
-    service: DispatchService
-
-
-Ctx = Context[AppState, Any]
-
-
-def _service(ctx: Ctx) -> DispatchService:
-    return ctx.request_context.lifespan_context.service
-
-
-# --- results -----------------------------------------------------------------------
-
-
-def _jsonable(value: Any) -> Any:
-    return pydantic_core.to_jsonable_python(value, fallback=str)
-
-
-def ok_result(model: BaseModel, *, is_error: bool = False) -> CallToolResult:
-    """The model as structured content, and as JSON text for clients that read only text."""
-    data = model.model_dump(mode="json")
-    text = json.dumps(data, ensure_ascii=False)
-    return CallToolResult(
-        content=[TextContent(type="text", text=text)], structured_content=data, is_error=is_error
-    )
-
-
-def error_result(exc: AdSandboxError) -> CallToolResult:
-    """An ``isError`` result the calling model can act on: message, error_type, hint.
-
-    Text only: strict clients check structured content against the tool's outputSchema
-    even on errors, and an error has the shape of no tool's output.
-    """
-    data: dict[str, Any] = {
-        "success": False,
-        "error": exc.message,
-        "error_type": exc.error_type,
-        "hint": exc.hint,
-    }
-    if exc.data:
-        data["details"] = _jsonable(exc.data)
-    return CallToolResult(
-        content=[TextContent(type="text", text=json.dumps(data, ensure_ascii=False))],
-        is_error=True,
-    )
-
-
-def refused_run(agent: str, exc: AdSandboxError) -> DispatchResult:
-    """A refused dispatch as a failed run, so it keeps dispatch's outputSchema."""
-    return DispatchResult(
-        agent=agent,
-        success=False,
-        error=exc.message,
-        error_type=cast(ErrorType, exc.error_type),
-        hint=exc.hint,
-        budget_exceeded=exc.error_type == "budget",
-    )
-
-
-def _crash(exc: Exception) -> AdSandboxError:
-    # A bug, not bad input: keep serving, tell the caller where the traceback is.
-    logger.exception("tool call crashed")
-    return AdSandboxError(
-        f"internal error: {type(exc).__name__}: {exc}",
-        hint="This is an ad-sandbox bug; the server's stderr log has the traceback.",
-    )
-
-
-async def _answer(
-    work: Awaitable[M],
-    failed: Callable[[M], bool] = lambda _: False,
-    as_result: Callable[[AdSandboxError], BaseModel] | None = None,
-) -> CallToolResult:
-    """Await the service; its refusals and crashes become ``isError`` results."""
-    try:
-        model = await work
-    except Exception as exc:
-        error = exc if isinstance(exc, AdSandboxError) else _crash(exc)
-        logger.info("tool call refused: %s (%s)", error.message, error.error_type)
-        if as_result is not None:
-            return ok_result(as_result(error), is_error=True)
-        return error_result(error)
-    return ok_result(model, is_error=failed(model))
-
-
-@dataclass
-class _Progress:
-    """Forwards ProgressUpdates as MCP progress and remembers which runs are live."""
-
-    ctx: Ctx
-    count: int = 0
-    live: set[str] = field(default_factory=set)
-
-    async def __call__(self, update: ProgressUpdate) -> None:
-        if update.state == "finished":
-            self.live.discard(update.run_id)
-        else:
-            self.live.add(update.run_id)
-        self.count += 1
-        try:
-            await self.ctx.report_progress(self.count, None, update.message())
-        except Exception:
-            # The client went away; the run goes on and its record survives.
-            logger.debug("progress not delivered", exc_info=True)
-
-
-async def _long(
-    ctx: Ctx,
-    call: Callable[[ProgressFn], Awaitable[M]],
-    failed: Callable[[M], bool],
-    as_result: Callable[[AdSandboxError], BaseModel] | None = None,
-) -> CallToolResult:
-    """Run a long tool with progress; on MCP cancellation make sure its runs are killed."""
-    progress = _Progress(ctx)
-    try:
-        return await _answer(call(progress), failed, as_result)
-    except anyio.get_cancelled_exc_class():
-        if not _cancel_requested(ctx):
-            # Not the client's cancel but its going away (or shutdown): the runs go on in the
-            # service and stay readable through dispatch_status / fetch_result and the CLI.
-            logger.info("caller gone; runs %s continue", sorted(progress.live))
-            raise
-        with anyio.move_on_after(CANCEL_GRACE_S, shield=True):
-            for run_id in sorted(progress.live):
-                try:
-                    await _service(ctx).cancel(run_id)
-                except Exception as exc:  # already gone is fine; the cancel must still propagate
-                    logger.debug("cancel %s after MCP cancellation: %s", run_id, exc)
-        raise
-
-
-def _cancel_requested(ctx: Ctx) -> bool:
-    """Whether the client sent ``notifications/cancelled`` for this request.
-
-    The SDK sets an event on the request's dispatch context before it cancels the handler;
-    the tool Context does not expose it, the per-request session holds it. When it cannot be
-    read, a cancellation counts as the client's (killing the runs is the safe side). The
-    e2e tests pin both behaviours: a cancel kills, a disconnect does not.
-    """
-    try:
-        dispatch_context = ctx.request_context.session._request_outbound
-        event = dispatch_context.cancel_requested
-    except (AttributeError, ValueError):
-        return True
-    return bool(event.is_set())
-
-
-def _run_failed(result: DispatchResult) -> bool:
-    return not result.success
-
-
-def _parallel_failed(result: ParallelResult) -> bool:
-    # Partial failures are still a useful answer; each entry carries its own success.
-    if result.aggregate is not None and not result.aggregate.success:
-        return True
-    return not any(r.success for r in result.results)
-
 
 # --- tools -------------------------------------------------------------------------
 
@@ -588,171 +404,3 @@ TOOLS: dict[str, tuple[Callable[..., Any], ToolAnnotations]] = {
 }
 
 
-# --- server ------------------------------------------------------------------------
-
-
-def default_service_factory() -> AbstractAsyncContextManager[DispatchService]:
-    """The production dispatcher, imported late so ``--help`` stays fast."""
-    module = importlib.import_module("orchestrator.dispatch")
-    return cast(AbstractAsyncContextManager[DispatchService], module.open_service())
-
-
-async def _sync_management_tools(server: MCPServer[AppState], enabled: bool) -> None:
-    present = {tool.name for tool in await server.list_tools()}
-    for name in MANAGEMENT_TOOLS:
-        if enabled and name not in present:
-            fn, hints = TOOLS[name]
-            server.add_tool(fn, name=name, annotations=hints)
-        elif not enabled and name in present:
-            server.remove_tool(name)
-
-
-def create_server(service_factory: ServiceFactory | None = None) -> MCPServer[AppState]:
-    """The ad-sandbox MCP server; the service is opened once per server run (lifespan)."""
-    factory = service_factory or default_service_factory
-
-    @asynccontextmanager
-    async def lifespan(server: MCPServer[AppState]) -> AsyncIterator[AppState]:
-        async with factory() as service:
-            # add/update/remove_agent exist only when settings.agent_management_tools is on.
-            await _sync_management_tools(server, service.management_tools_enabled())
-            yield AppState(service=service)
-
-    server = MCPServer(
-        "ad-sandbox",
-        version=__version__,
-        instructions=(
-            "Hand tasks to specialised Claude Code agents, each running sandboxed in its own "
-            "Docker container. Start with list_agents, then dispatch."
-        ),
-        lifespan=lifespan,
-    )
-    for name, (fn, hints) in TOOLS.items():
-        if name not in MANAGEMENT_TOOLS:
-            server.add_tool(fn, name=name, annotations=hints)
-    return server
-
-
-# --- transports --------------------------------------------------------------------
-
-
-def is_loopback(host: str) -> bool:
-    if host in LOOPBACK_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
-def check_bind(host: str, token: str | None) -> None:
-    """Refuse to expose the server beyond loopback without a bearer token."""
-    if not token and not is_loopback(host):
-        raise UsageError(
-            f"refusing to serve MCP on {host} without a bearer token",
-            hint="Set a long random secret in AD_SANDBOX_MCP_TOKEN (or the variable named by "
-            "--token-env), or bind --host 127.0.0.1.",
-            host=host,
-        )
-
-
-class BearerAuth:
-    """ASGI middleware: every HTTP request must carry ``Authorization: Bearer <token>``."""
-
-    def __init__(self, app: ASGIApp, token: str) -> None:
-        self.app = app
-        self._expected = f"Bearer {token}".encode()
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            given = Headers(scope=scope).get("authorization", "").encode()
-            if not hmac.compare_digest(given, self._expected):
-                response = JSONResponse(
-                    {"error": "unauthorized", "hint": "send Authorization: Bearer <token>"},
-                    status_code=401,
-                    headers={"WWW-Authenticate": "Bearer"},
-                )
-                await response(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
-
-
-def _security(host: str, allowed_hosts: Sequence[str]) -> TransportSecuritySettings:
-    if allowed_hosts:
-        hosts = list(allowed_hosts)
-    elif is_loopback(host):
-        hosts = ["127.0.0.1:*", "localhost:*", "[::1]:*", f"{host}:*"]
-    else:
-        # Bound beyond loopback with no host list: the bearer token is the guard.
-        return TransportSecuritySettings(enable_dns_rebinding_protection=False)
-    origins = [f"http://{h}" for h in hosts] + [f"https://{h}" for h in hosts]
-    return TransportSecuritySettings(
-        enable_dns_rebinding_protection=True, allowed_hosts=hosts, allowed_origins=origins
-    )
-
-
-def http_app(
-    server: MCPServer[AppState], *, host: str, token: str | None, allowed_hosts: Sequence[str] = ()
-) -> ASGIApp:
-    """Streamable HTTP at ``/mcp``, behind DNS-rebinding checks and the bearer token."""
-    app: ASGIApp = server.streamable_http_app(
-        host=host, transport_security=_security(host, allowed_hosts)
-    )
-    return BearerAuth(app, token) if token else app
-
-
-async def serve_http(
-    server: MCPServer[AppState],
-    *,
-    host: str,
-    port: int,
-    token: str | None,
-    allowed_hosts: Sequence[str] = (),
-) -> None:
-    import uvicorn  # only the HTTP transport needs it
-
-    check_bind(host, token)
-    family = socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host.strip("[]"), port))
-    except OSError as exc:
-        sock.close()
-        raise UsageError(
-            f"cannot listen on {host}:{port}: {exc.strerror}",
-            hint="Pick another --port (0 picks a free one) or stop what holds it.",
-        ) from exc
-    # Listening before the ready line, so a client that reads it can connect at once.
-    sock.listen(128)
-    bound = sock.getsockname()[1]
-    shown = f"[{host}]" if family == socket.AF_INET6 else host
-    print(f"ad-sandbox MCP listening on http://{shown}:{bound}/mcp", file=sys.stderr, flush=True)
-    config = uvicorn.Config(
-        http_app(server, host=host, token=token, allowed_hosts=allowed_hosts),
-        log_config=None,
-        access_log=False,
-        timeout_graceful_shutdown=5,
-    )
-    await uvicorn.Server(config).serve(sockets=[sock])
-
-
-def run(
-    server: MCPServer[AppState],
-    *,
-    transport: Literal["stdio", "http"] = "stdio",
-    host: str = "127.0.0.1",
-    port: int = 8765,
-    token: str | None = None,
-    allowed_hosts: Sequence[str] = (),
-) -> None:
-    """Serve until the client (stdio) or a signal (http) ends it."""
-    if transport == "stdio":
-        server.run("stdio")
-        return
-    check_bind(host, token)
-    anyio.run(
-        partial(
-            serve_http, server, host=host, port=port, token=token, allowed_hosts=allowed_hosts
-        )
-    )

@@ -1,0 +1,219 @@
+"""What one orchestrator process owns around its runs: the agents network, its gateway,
+the warm pools, the housekeeping (reaper, leases) and the budget hooks the gateway calls.
+
+:class:`orchestrator.dispatch.Dispatcher` builds on it; nothing here decides about a run.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Coroutine
+from dataclasses import replace
+from typing import Any
+
+import anyio
+from anyio.abc import TaskGroup
+
+from orchestrator.config import Agent, Config
+from orchestrator.configfile import ConfigSnapshot
+from orchestrator.errors import AdSandboxError, DockerUnavailable, UsageError
+from orchestrator.gateway.lifecycle import Gateway
+from orchestrator.gateway.tokens import TokenInfo
+from orchestrator.live import LiveRun
+from orchestrator.pool import WarmPool
+from orchestrator.reaper import reap
+from orchestrator.runner import GatewayHandle, RunEnv
+from orchestrator.runtime.base import Runtime
+from orchestrator.sandbox import AGENTS_NETWORK, MANAGED, agent_image, directory_owner
+from orchestrator.state import StateStore
+
+log = logging.getLogger(__name__)
+
+HOUSEKEEPING_S = 30.0
+
+
+class SandboxHost:
+    """Everything of this process that runs share; see the module docstring."""
+
+    def __init__(self, *, snapshot: ConfigSnapshot, state: StateStore, runtime: Runtime,
+                 gateway_host: str | None = None,
+                 image_id: Callable[[str], str | None] | None = None,
+                 reattach: bool = False) -> None:
+        self.snapshot = snapshot
+        self.reattach = reattach
+        """Runs are adoptable after a restart (the MCP service); CLI runs are not."""
+        self._image_id = image_id or docker_image_id
+        self.gateway_host = gateway_host
+        """Bind the gateway here instead of the network's gateway address (tests only)."""
+        self.state = state
+        self.runtime = runtime
+        self.pid = os.getpid()
+        self._live: dict[str, LiveRun] = {}
+        self._inflight: dict[str, LiveRun] = {}
+        self._slot_freed = anyio.Event()
+        self._tg: TaskGroup | None = None
+        self._gateway: Gateway | None = None
+        self._pool: WarmPool | None = None
+        self._sandbox_lock = anyio.Lock()
+        self._warm = False
+        """Keep the warm pools filled (a long-lived server); a one-shot CLI run does not."""
+
+    @property
+    def config(self) -> Config:
+        return self.snapshot.get()
+
+    # ---- lifecycle -------------------------------------------------------------------
+
+    async def start(self, tg: TaskGroup, *, warm: bool) -> None:
+        self._tg = tg
+        self._warm = warm
+        if self.reattach:
+            from orchestrator.reattach import adopt_orphans
+
+            try:
+                adopted = await adopt_orphans(self)
+            except AdSandboxError as exc:
+                log.warning("re-attach skipped: %s", exc.one_line())
+            else:
+                if adopted:
+                    log.info("re-attached %d run(s): %s", len(adopted), ", ".join(adopted))
+        try:
+            await anyio.to_thread.run_sync(lambda: reap(self.runtime, self.state))
+        except AdSandboxError as exc:  # Docker down: runs will say so, with a record each
+            log.info("start-up reap skipped: %s", exc.one_line())
+        tg.start_soon(self._housekeeping)
+        if warm:
+            try:
+                await self.ensure_sandbox()
+            except AdSandboxError as exc:  # each dispatch reports it, with a record
+                log.warning("sandbox not ready: %s", exc.one_line())
+            else:
+                tg.start_soon(self.fill_pools)
+
+    async def ensure_sandbox(self) -> None:
+        """The agents network, this process's gateway and the pool; made on first use."""
+        async with self._sandbox_lock:
+            if self._gateway is not None:
+                return
+            network = await anyio.to_thread.run_sync(
+                lambda: self.runtime.ensure_network(AGENTS_NETWORK, internal=True,
+                                                    labels=MANAGED)
+            )
+            if self.gateway_host is not None:
+                network = replace(network, gateway_ip=self.gateway_host)
+            gateway = Gateway(
+                self.config, self.state, network,
+                run_budget=self._run_budget, on_budget_refused=self._budget_refused,
+            )
+            await anyio.to_thread.run_sync(gateway.start)
+            self._pool = WarmPool(runtime=self.runtime, state=self.state, network=network.name)
+            self._gateway = gateway
+
+    async def close(self) -> None:
+        """Let running runs end (each within its deadline), then stop what this process owns."""
+        for live in list(self._live.values()):
+            await live.wait_done()
+        if self._pool is not None:
+            for lease in self.state.containers(state="warm"):
+                if lease.owner_pid == self.pid:
+                    await self._pool.release(lease.container_id)
+        if self._gateway is not None:
+            self._gateway.stop()
+
+    async def _housekeeping(self) -> None:
+        while True:
+            await anyio.sleep(HOUSEKEEPING_S)
+            try:
+                for lease in self.state.containers(state="warm"):
+                    if lease.owner_pid == self.pid:
+                        self.state.renew_lease(lease.container_id, 3600)
+                await anyio.to_thread.run_sync(lambda: reap(self.runtime, self.state))
+            except Exception:  # housekeeping must never take the server down
+                log.exception("housekeeping pass failed")
+
+    async def fill_pools(self) -> None:
+        config = self.config
+        target = config.settings.pool.warm_per_agent
+        for name, agent in config.agents.items():
+            await self.fill_pool(name, agent, target)
+
+    async def fill_pool(self, name: str, agent: Agent, target: int,
+                        *, detached: bool = False) -> list[str]:
+        await self.ensure_sandbox()
+        assert self._pool is not None
+        try:
+            owner = directory_owner(name, agent)
+        except UsageError as exc:
+            log.warning("no warm pool for %s: %s", name, exc.one_line())
+            return []
+        return await self._pool.fill(name, agent, agent_image(self.config, agent), owner,
+                                     target, detached=detached)
+
+    def _env(self, config: Config) -> RunEnv:
+        assert self._gateway is not None and self._pool is not None
+        return RunEnv(config=config, state=self.state, runtime=self.runtime,
+                      gateway=GatewayHandle(self._gateway.url, self._gateway.tokens),
+                      pool=self._pool)
+
+    # ---- what re-attaching needs ---------------------------------------------------------
+
+    @property
+    def gateway(self) -> Gateway:
+        assert self._gateway is not None, "sandbox not started"
+        return self._gateway
+
+    def run_env(self) -> RunEnv:
+        return self._env(self.config)
+
+    def track(self, live: LiveRun) -> None:
+        self._live[live.run_id] = live
+
+    def untrack(self, live: LiveRun) -> None:
+        self._live.pop(live.run_id, None)
+
+    def spawn(self, func: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        assert self._tg is not None, "dispatcher not started"
+        self._tg.start_soon(func)
+
+    async def release_container(self, container_id: str) -> None:
+        assert self._pool is not None
+        await self._pool.release(container_id)
+
+    # ---- budget hooks (called from the gateway's threads) ----------------------------------
+
+    def _run_budget(self, info: TokenInfo) -> float:
+        config = self.config
+        agent = config.agents.get(info.agent)
+        limit = config.settings.budget.per_run
+        if agent is not None and agent.max_budget_usd is not None:
+            limit = min(limit, agent.max_budget_usd)
+        return limit
+
+    def _budget_refused(self, info: TokenInfo, reason: str) -> None:
+        live = self._live.get(info.run_id)
+        if live is not None:
+            with live.lock:
+                live.budget_reason = reason
+            live.poke()
+
+    def live(self, run_id: str) -> LiveRun | None:
+        return self._live.get(run_id)
+
+
+def docker_runtime() -> Runtime:
+    from orchestrator.runtime.docker_runtime import DockerRuntime
+    from orchestrator.runtime.unavailable import UnavailableRuntime
+
+    try:
+        return DockerRuntime()
+    except DockerUnavailable as exc:
+        log.info("%s", exc.one_line())
+        return UnavailableRuntime(exc)
+
+
+def docker_image_id(ref: str) -> str | None:
+    from orchestrator.runtime.images import image_status
+
+    status = image_status(ref)
+    return status.id if status else None
