@@ -73,7 +73,9 @@ def prepare(root: Path, *, online: bool) -> Path:
     return path
 
 
-def run_demo(say: Callable[[str], None]) -> list[DispatchResult]:
+def run_demo(say: Callable[[str], None]) -> bool:
+    """Two runs from the command line's side, then the same agents through MCP; True if all
+    succeeded."""
     online = bool(os.environ.get("ANTHROPIC_API_KEY"))
     path = prepare(demo_root(), online=online)
     os.environ[CONFIG_ENV] = str(path)
@@ -97,4 +99,13 @@ def run_demo(say: Callable[[str], None]) -> list[DispatchResult]:
                 results.append(result)
         return results
 
-    return anyio.run(main)
+    results = anyio.run(main)
+    say("\nThe same agents through MCP, as Claude Code sees them (`ad-sandbox serve`):")
+    from orchestrator.server.democlient import mcp_tour
+
+    tasks = [(t.agent, t.online if online else t.offline) for t in TASKS]
+    through_mcp = mcp_tour(say, tasks)
+    ok = sum(r.success for r in results)
+    say(f"\n{ok} of {len(results)} direct runs succeeded; "
+        f"the MCP calls {'all succeeded' if through_mcp else 'FAILED'}")
+    return ok == len(results) and through_mcp

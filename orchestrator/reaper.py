@@ -63,14 +63,14 @@ def _why_remove(
             if state.get_run(run_id).status == "finished":
                 return f"run {run_id} finished"
         except RunNotFound:
-            return f"run {run_id} unknown"
+            pass  # another state dir's run: only its owner's death or its lease decide
     owner = int(getattr(lease, "owner_pid", None) or labels.get(LABEL_OWNER) or 0)
     if owner and not alive(owner):
         return f"owner process {owner} is gone"
     lease_until = getattr(lease, "lease_until", None) or float(labels.get(LABEL_LEASE) or 0)
     if lease_until and lease_until < now:
         return "lease expired"
-    if not container.running and lease is None:
+    if not container.running and lease is not None:
         return "stopped"
     return None
 
