@@ -49,6 +49,18 @@ SLOT_RECHECK_S = 0.2
 """Waiting for a slot another process holds: local releases wake at once, others are re-read."""
 
 
+def unavailable_features(agent: Agent) -> str | None:
+    """Settings the config accepts (SPEC §3) that runs cannot honour yet: refused, never
+    silently ignored, because each changes what the sandbox lets through."""
+    if agent.network.egress != "gateway-only":
+        return f"network.egress: {agent.network.egress}"
+    if agent.allow_hosts:
+        return "allow_hosts"
+    if agent.dispatch_to:
+        return "dispatch_to (nested dispatch)"
+    return None
+
+
 class Dispatcher(SandboxHost):
     """The core service. Create with :func:`open_dispatcher`."""
 
@@ -81,6 +93,14 @@ class Dispatcher(SandboxHost):
     def check(self, request: RunRequest) -> Agent:
         """Everything that can be known wrong before a container exists."""
         agent = self.validate(request)
+        unavailable = unavailable_features(agent)
+        if unavailable:
+            raise UsageError(
+                f"agent {request.agent!r} asks for {unavailable}, which this version does "
+                "not provide yet (its runs get the gateway-only network and no nested dispatch)",
+                hint=f"Remove it from the agent (`ad-sandbox describe {request.agent}`) to run "
+                "with the defaults.",
+            )
         directory_owner(request.agent, agent)
         read_secrets(request.agent, agent)
         return agent
