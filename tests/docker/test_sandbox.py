@@ -304,3 +304,17 @@ def test_docker_stopped(home: Path, project: Path) -> None:
     assert "Docker engine not reachable" in _one_error_line(done.stderr)
     record = _last_record(home, "proj")
     assert record["error_type"] == "sandbox" and "not reachable" in record["error"]
+
+
+def test_a_timed_out_runs_session_can_be_continued(home: Path, project: Path) -> None:
+    write_config(home, {"proj": {"directory": str(project)}})
+    # (claude refuses a plain long `sleep` in Bash, so the wait is python's)
+    slow = "[[bash: python3 -c 'import time; time.sleep(60)']] a long job"
+    code, first = run_json(home, "proj", slow, "--timeout", "8")
+    assert code == 3 and first["exit_reason"] == "timeout", first
+    assert first["session_id"]
+    code, second = run_json(home, "proj", "[[reply: picked up where it stopped]]",
+                            "--session", first["session_id"])
+    assert code == 0, second
+    assert second["result"] == "picked up where it stopped"
+    assert second["session_id"] == first["session_id"]
