@@ -42,6 +42,13 @@ TASKS = (
     DemoTask("calc", "[[bash: python3 calc.py 6 7]]",
              "Run `python3 calc.py 6 7` and report its output."),
 )
+MCP_TASKS = (
+    DemoTask("calc", "[[bash: sleep 2; python3 calc.py 12 12]]",
+             "Run `python3 calc.py 12 12` and report its output."),
+    DemoTask("notes", "[[bash: wc -l README.md]]", "How many lines does README.md have?"),
+    DemoTask("calc", "[[bash: python3 calc.py 3 5]]",
+             "Run `python3 calc.py 3 5` and report its output."),
+)
 
 
 def demo_root() -> Path:
@@ -103,7 +110,7 @@ def run_demo(say: Callable[[str], None]) -> bool:
     say("\nThe same agents through MCP, as Claude Code sees them (`ad-sandbox serve`):")
     from orchestrator.server.democlient import mcp_tour
 
-    tasks = [(t.agent, t.online if online else t.offline) for t in TASKS]
+    tasks = [(t.agent, t.online if online else t.offline) for t in MCP_TASKS]
     through_mcp = mcp_tour(say, tasks)
     ok = sum(r.success for r in results)
     say(f"\n{ok} of {len(results)} direct runs succeeded; "

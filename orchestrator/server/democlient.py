@@ -23,6 +23,8 @@ def _body(result: Any) -> dict[str, Any]:
 
 
 async def _tour(say: Callable[[str], None], tasks: list[tuple[str, str]]) -> bool:
+    """``tasks[0]`` is dispatched alone (twice: the second is a cache hit), the rest in
+    parallel."""
     server = StdioServerParameters(
         command=str(Path(sys.executable).with_name("ad-sandbox")), args=["serve"],
         env=dict(os.environ),
@@ -43,15 +45,19 @@ async def _tour(say: Callable[[str], None], tasks: list[tuple[str, str]]) -> boo
             one = _body(await client.call_tool("dispatch", {"agent": agent, "task": task},
                                                progress_callback=show))
             say(f"    → {one['result'].strip()!r} ({one['exit_reason']}, ${one['cost_usd']:.4f})")
+            again = _body(await client.call_tool("dispatch", {"agent": agent, "task": task}))
+            say(f"  the same dispatch again → cached: {again['cached']}, "
+                f"${again['cost_usd']:.4f}, {again['duration_ms']} ms")
             say("  dispatch_parallel on both agents:")
             fan = _body(await client.call_tool("dispatch_parallel", {"dispatches": [
-                {"agent": name, "task": text} for name, text in tasks]}))
+                {"agent": name, "task": text} for name, text in tasks[1:]]}))
             for result in fan["results"]:
                 say(f"    {result['agent']} → {result['result'].strip()!r}")
             status = _body(await client.call_tool("sandbox_status", {}))
             say(f"  sandbox_status: docker {'up' if status['docker'] else 'DOWN'}, "
                 f"daily budget left ${status['budget']['daily']:.2f}")
-            return bool(one["success"]) and all(r["success"] for r in fan["results"])
+            return (bool(one["success"]) and bool(again["cached"])
+                    and all(r["success"] for r in fan["results"]))
 
 
 def mcp_tour(say: Callable[[str], None], tasks: list[tuple[str, str]]) -> bool:
