@@ -318,3 +318,44 @@ def test_a_timed_out_runs_session_can_be_continued(home: Path, project: Path) ->
     assert code == 0, second
     assert second["result"] == "picked up where it stopped"
     assert second["session_id"] == first["session_id"]
+
+
+def test_secrets_are_0400_files_and_never_leak(
+    home: Path, project: Path, client: docker.DockerClient
+) -> None:
+    secret = "db-pass-" + os.urandom(8).hex()
+    write_config(home, {"proj": {"directory": str(project),
+                                 "secrets": {"DB_PASSWORD": {"env": "PROJ_DB"}}}})
+    runner = subprocess.Popen(
+        [AD_SANDBOX, "run", "proj", "--json", "--",
+         "[[bash: stat -c '%a %u %n' /run/secrets/DB_PASSWORD; cat /run/secrets/DB_PASSWORD;"
+         " sleep 2; echo]]"],
+        env=cli_env(home, PROJ_DB=secret), stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    container = wait_for(lambda: agent_containers(client, "proj"), 60, "the container")[0]
+    inspected = json.dumps(client.api.inspect_container(container.id))
+    stdout, stderr = runner.communicate(timeout=120)
+    result = json.loads(stdout)
+    assert result["success"], stderr
+    lines = result["result"].removeprefix("tool result: ").splitlines()
+    assert lines[0] == f"400 {os.getuid()} /run/secrets/DB_PASSWORD"
+    assert lines[1] == "[redacted:DB_PASSWORD]"  # the agent could read it; nobody sees it
+    assert secret not in inspected and secret not in stdout and secret not in stderr
+    logs = run_cli(home, "logs", result["run_id"])
+    assert "[redacted:DB_PASSWORD]" in logs.stdout and secret not in logs.stdout
+
+
+def test_max_concurrency_holds_across_processes(home: Path, project: Path) -> None:
+    write_config(home, {"proj": {"directory": str(project)}}, max_concurrency=1,
+                 cache={"enabled": False})
+    runs = [subprocess.Popen(
+        [AD_SANDBOX, "run", "proj", "--json", "--",
+         f"[[bash: python3 -c 'import time; time.sleep(3)'; echo {n}]]"],
+        env=cli_env(home), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True) for n in range(2)]
+    results = [json.loads(p.communicate(timeout=180)[0]) for p in runs]
+    assert all(r["success"] for r in results), results
+    with StateStore(home / "state" / "state.db") as state:
+        spans = sorted((r.started_at or 0, r.finished_at or 0)
+                       for r in (state.get_run(x["run_id"]) for x in results))
+    assert spans[0][1] <= spans[1][0], f"the two runs overlapped: {spans}"
