@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from orchestrator.config import Agent, Config, Group
 from orchestrator.configfile import validate_config
@@ -134,6 +135,13 @@ def group_detail(config: Config, name: str) -> GroupDetail:
         name=name, description=group.description, shared_context=group.shared_context,
         members=[GroupMemberInfo(agent=m.agent, use_for=m.use_for) for m in group.members],
     )
+
+
+def with_agent(config: Config, name: str, data: dict[str, Any]) -> Config:
+    """A validated copy of ``config`` with agent ``name`` set to ``data``."""
+    whole = config.model_dump(mode="json", exclude_unset=True)
+    whole.setdefault("agents", {})[name] = data
+    return validate_config(whole)
 
 
 def without_agent(config: Config, name: str) -> tuple[Config, list[str]]:

@@ -15,7 +15,7 @@ import anyio
 
 from orchestrator import catalog, fanout
 from orchestrator.config import Agent, Config
-from orchestrator.configfile import update_config, validate_config
+from orchestrator.configfile import update_config
 from orchestrator.dispatch import Dispatcher, open_dispatcher
 from orchestrator.errors import AdSandboxError, UsageError
 from orchestrator.gateway.lifecycle import DAY_S
@@ -159,9 +159,7 @@ class Service:
                 raise UsageError(f"agent {name!r} exists", hint="Use update_agent.")
             changes["directory"] = catalog.resolve_directory(changes["directory"], config,
                                                              from_mcp=True)
-            whole = config.model_dump(mode="json", exclude_unset=True)
-            whole.setdefault("agents", {})[name] = changes
-            return validate_config(whole)
+            return catalog.with_agent(config, name, changes)
 
         return catalog.agent_info(await anyio.to_thread.run_sync(update_config, apply), name)
 
@@ -173,10 +171,8 @@ class Service:
             if "directory" in changes:
                 changes["directory"] = catalog.resolve_directory(changes["directory"], config,
                                                                  from_mcp=True)
-            whole = config.model_dump(mode="json", exclude_unset=True)
-            whole["agents"][name] = {**current.model_dump(mode="json", exclude_unset=True),
-                                     **changes}
-            return validate_config(whole)
+            return catalog.with_agent(
+                config, name, {**current.model_dump(mode="json", exclude_unset=True), **changes})
 
         return catalog.agent_info(await anyio.to_thread.run_sync(update_config, apply), name)
 

@@ -9,10 +9,10 @@ from typing import Annotated, Any
 
 import typer
 
-from orchestrator.catalog import resolve_directory, without_agent
+from orchestrator.catalog import resolve_directory, with_agent, without_agent
 from orchestrator.cli.app import app, handles_errors, out
 from orchestrator.config import NAME_PATTERN, Agent, Config
-from orchestrator.configfile import load_config, update_config, validate_config
+from orchestrator.configfile import load_config, update_config
 from orchestrator.errors import UsageError
 
 Description = Annotated[str | None, typer.Option(help="What the agent knows; shown to callers.")]
@@ -100,17 +100,6 @@ def _agent_data(config: Config, name: str) -> dict[str, Any]:
     return config.agent(name).model_dump(mode="json", exclude_unset=True)
 
 
-def _with_agent(config: Config, name: str, data: dict[str, Any] | None) -> Config:
-    """A validated copy of ``config`` with agent ``name`` set to ``data`` (None removes it)."""
-    whole = config.model_dump(mode="json", exclude_unset=True)
-    agents = whole.setdefault("agents", {})
-    if data is None:
-        agents.pop(name, None)
-    else:
-        agents[name] = data
-    return validate_config(whole)
-
-
 @app.command()
 @handles_errors
 def add(
@@ -152,7 +141,7 @@ def add(
                 f"agent {name!r} already exists",
                 hint=f"Change it with `ad-sandbox update {name} ...` or remove it first.",
             )
-        return _with_agent(config, name, {"directory": _directory(directory, config), **changes})
+        return with_agent(config, name, {"directory": _directory(directory, config), **changes})
 
     config = update_config(apply)
     out(f"added agent {name} ({config.agents[name].directory})")
@@ -199,7 +188,7 @@ def update(
         for key in ("resources", "network"):
             if key in changes:
                 changes[key] = {**data.get(key, {}), **changes[key]}
-        return _with_agent(config, name, {**data, **changes})
+        return with_agent(config, name, {**data, **changes})
 
     if not changes and directory is None:
         raise UsageError(
