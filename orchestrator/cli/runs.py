@@ -21,6 +21,8 @@ def exit_code_for(result: DispatchResult) -> int:
     """SPEC §8: 0 ok, 1 task failed, 3 limit hit, 4 sandbox or Docker problem."""
     if result.success:
         return 0
+    if result.exit_reason == "crashed" and result.error_type == "cli_error":
+        return 2  # a usage or config error found before any container existed
     if result.error_type in ("timeout", "budget", "recursion") or result.exit_reason in (
         "timeout", "budget",
     ):
