@@ -44,7 +44,6 @@ log = logging.getLogger(__name__)
 
 MAX_PROMPT_CHARS = 400_000
 """Task + context + goal. Beyond this the model's context window is the wrong channel."""
-HOUSEKEEPING_S = 30.0
 SLOT_RECHECK_S = 0.2
 """Waiting for a slot another process holds: local releases wake at once, others are re-read."""
 

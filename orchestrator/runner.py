@@ -41,7 +41,6 @@ from orchestrator.state import StateStore
 
 log = logging.getLogger(__name__)
 
-KILL_GRACE_S = 2.0
 
 
 @dataclass(frozen=True)

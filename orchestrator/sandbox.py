@@ -28,7 +28,6 @@ LABEL_AGENT = "ad-sandbox.agent"
 LABEL_RUN = "ad-sandbox.run"
 LABEL_OWNER = "ad-sandbox.owner-pid"
 LABEL_LEASE = "ad-sandbox.lease-until"
-LABEL_TEST = "ad-sandbox.test"
 
 MANAGED = {LABEL_MANAGED: "1"}
 

@@ -60,12 +60,8 @@ def check_images(config: Config | None, engine_ok: bool) -> list[Check]:
     if not engine_ok:
         return [Check(f"image {r}", "fail", "not checked: Docker engine not reachable", 4)
                 for r in refs]  # fmt: skip
-    try:
-        from orchestrator.runtime.images import (  # type: ignore[import-not-found,unused-ignore]
-            image_status,
-        )
-    except ImportError as exc:
-        return [Check("images", "warn", f"images module unavailable ({exc})")]
+    from orchestrator.runtime.images import image_status
+
     checks: list[Check] = []
     for ref in refs:
         try:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -112,15 +111,6 @@ def test_unknown_claude_version_warns(cfg: Path, engine_up: dict[str, Any]) -> N
     result = doctor("--json")
     assert result.exit_code == 0
     assert rows(result)["image ad-sandbox/agent:latest"]["status"] == "warn"
-
-
-def test_images_module_unavailable_warns(
-    cfg: Path, engine_up: dict[str, Any], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setitem(sys.modules, "orchestrator.runtime.images", None)
-    result = doctor("--json")
-    assert result.exit_code == 0
-    assert rows(result)["images"]["status"] == "warn"
 
 
 def test_broken_config_exits_2(cfg: Path, engine_up: dict[str, Any]) -> None:
