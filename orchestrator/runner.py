@@ -283,8 +283,10 @@ async def watch(
     if not oom and not timed_out and not live.cancel_requested:
         # Any process of the run (a tool's child too) killed by the kernel for memory makes
         # the run an OOM run; Docker's record of it decides, not the agent's text.
+        # A normal exit asks the engine's events (ms); a SIGKILL also the cgroup's counter.
         oom = await anyio.to_thread.run_sync(
-            lambda: runtime.was_oom_killed(container_id, since=exec_started))
+            lambda: runtime.was_oom_killed(container_id, since=exec_started,
+                                           deep=exit_code in (None, 137)))
     result = parser.result()
     if not live.cancel_requested and exit_code in (None, 137):
         live.cancel_requested = env.state.get_run(live.run_id).cancel_requested

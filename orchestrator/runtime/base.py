@@ -202,11 +202,13 @@ class Runtime(Protocol):
         """The last ``tail`` lines of the container's own output; "" if it is gone."""
         ...
 
-    def was_oom_killed(self, container_id: str, *, since: float | None = None) -> bool:
+    def was_oom_killed(self, container_id: str, *, since: float | None = None,
+                       deep: bool = True) -> bool:
         """Whether the kernel OOM killer hit any process of the container.
 
         ``since`` (Unix time) limits the answer to kills after that moment; None means
-        since the container started.
+        since the container started. ``deep=False`` skips the slower checks that only
+        matter when the engine's recent events may have been evicted (a long SIGKILLed run).
         """
         ...
 

@@ -250,11 +250,14 @@ class DockerRuntime:
         oom = exit_code in (None, 137) and self.was_oom_killed(container_id, since=started)
         return ExecResult(exit_code=exit_code, oom_killed=oom)
 
-    def was_oom_killed(self, container_id: str, *, since: float | None = None) -> bool:
+    def was_oom_killed(self, container_id: str, *, since: float | None = None,
+                       deep: bool = True) -> bool:
+        if self._oom_event_since(container_id, since):
+            return True
+        if not deep:
+            return False
         state = self.inspect(container_id)
         if state is not None and state.oom_killed:
-            return True
-        if self._oom_event_since(container_id, since):
             return True
         # The engine keeps only its last events in memory; the cgroup counter cannot be
         # evicted. It covers the container's life, which is one run.

@@ -245,7 +245,8 @@ class FakeRuntime:
             box = self._containers.get(container_id)
             return "" if box is None else "".join(f"{line}\n" for line in box.log[-tail:])
 
-    def was_oom_killed(self, container_id: str, *, since: float | None = None) -> bool:
+    def was_oom_killed(self, container_id: str, *, since: float | None = None,
+                       deep: bool = True) -> bool:
         self._enter("was_oom_killed", container_id)
         with self._lock:
             box = self._containers.get(container_id)
