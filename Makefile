@@ -34,3 +34,4 @@ demo: bootstrap
 lint: venv
 	$(VENV)/bin/ruff check orchestrator tests
 	$(VENV)/bin/mypy
+bench: images-if-missing ; $(VENV)/bin/python -m benchmarks.run $(BENCH_ARGS)

@@ -1,0 +1,1 @@
+"""Benchmark harness for the SPEC §10 targets (not part of the test suite)."""
