@@ -14,6 +14,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 import anyio
+from anyio.abc import TaskGroup, TaskStatus
 
 from orchestrator import cache
 from orchestrator.config import Agent, Config
@@ -182,6 +183,8 @@ class Dispatcher(SandboxHost):
                 live.finish(self._end_cancelled(live.run_id, "while it was being set up")
                             if live.cancel_requested else self._end_with_error(live.run_id, exc))
         except BaseException as exc:
+            if live.abandoned:  # the process stops; the next one re-attaches the run
+                raise
             with anyio.CancelScope(shield=True):
                 if not live.done:
                     cancelled = isinstance(exc, anyio.get_cancelled_exc_class())
@@ -317,6 +320,7 @@ async def open_dispatcher(*, warm: bool = False, runtime: Runtime | None = None,
                           gateway_host: str | None = None,
                           image_id: Callable[[str], str | None] | None = None,
                           reattach: bool = False,
+                          wait_for_runs: bool = True,
                           ) -> AsyncIterator[Dispatcher]:
     """Start the dispatcher with its gateway, reaper and (optionally) warm pools."""
     if runtime is None:
@@ -329,14 +333,16 @@ async def open_dispatcher(*, warm: bool = False, runtime: Runtime | None = None,
     failure: Exception | None = None
     try:
         async with anyio.create_task_group() as tg:
-            await dispatcher.start(tg, warm=warm)
+            runs: TaskGroup = await tg.start(_shielded_task_group)
+            await dispatcher.start(runs, warm=warm)
             try:
                 yield dispatcher
             except Exception as exc:  # re-raised below, not wrapped in the group's exception
                 failure = exc
             finally:
                 with anyio.CancelScope(shield=True):
-                    await dispatcher.close()
+                    await dispatcher.close(wait_for_runs=wait_for_runs)
+                runs.cancel_scope.cancel()
                 tg.cancel_scope.cancel()
     finally:
         if owned_state:
@@ -345,8 +351,18 @@ async def open_dispatcher(*, warm: bool = False, runtime: Runtime | None = None,
         raise failure
 
 
-def open_service(*, warm: bool = True) -> AbstractAsyncContextManager[Any]:
+async def _shielded_task_group(*, task_status: TaskStatus[TaskGroup]) -> None:
+    """A task group for runs that whatever cancels the dispatcher's caller cannot reach:
+    only :meth:`Dispatcher.close` decides, after it has waited for or abandoned them."""
+    with anyio.CancelScope(shield=True):
+        async with anyio.create_task_group() as runs:
+            task_status.started(runs)
+            await anyio.sleep_forever()
+
+
+def open_service(*, warm: bool = True,
+                 wait_for_runs: bool = True) -> AbstractAsyncContextManager[Any]:
     """The MCP-facing service (see :mod:`orchestrator.service_impl`)."""
     from orchestrator.service_impl import open_service as open_impl
 
-    return open_impl(warm=warm)
+    return open_impl(warm=warm, wait_for_runs=wait_for_runs)

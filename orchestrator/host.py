@@ -110,10 +110,18 @@ class SandboxHost:
             self._pool = WarmPool(runtime=self.runtime, state=self.state, network=network.name)
             self._gateway = gateway
 
-    async def close(self) -> None:
-        """Let running runs end (each within its deadline), then stop what this process owns."""
+    async def close(self, *, wait_for_runs: bool = True) -> None:
+        """Stop what this process owns.
+
+        With ``wait_for_runs`` the runs in flight end first (each within its deadline): a
+        stdio server whose client left, a CLI. Without it (a server told to stop) they are
+        abandoned as they are: containers keep running for the next process to re-attach.
+        """
         for live in list(self._live.values()):
-            await live.wait_done()
+            if wait_for_runs:
+                await live.wait_done()
+            else:
+                live.abandoned = True
         if self._pool is not None:
             for lease in self.state.containers(state="warm"):
                 if lease.owner_pid == self.pid:

@@ -37,6 +37,9 @@ class LiveRun:
     container_id: str | None = None
     cancel_requested: bool = False
     budget_reason: str | None = None
+    abandoned: bool = False
+    """The process is stopping and leaves the run to the next one (SIGTERM of a server):
+    nothing is killed or recorded; the next `serve` re-attaches it."""
     scope: anyio.CancelScope | None = None
     """The run's own scope: cancelling it stops a run that has no process to kill yet."""
     lock: threading.Lock = field(default_factory=threading.Lock)

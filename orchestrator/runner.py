@@ -134,7 +134,7 @@ async def execute(env: RunEnv, request: RunRequest, live: LiveRun) -> RunRecord:
         return _finish_error(env, live, exc, exit_reason="crashed", container_id=container_id)
     finally:
         env.gateway.tokens.revoke(token)
-        if container_id is not None:
+        if container_id is not None and not live.abandoned:
             with anyio.CancelScope(shield=True):
                 await env.pool.release(container_id)
     return conclude(env, live, request, outcome, secrets)
@@ -270,10 +270,12 @@ async def watch(
             exec_result = await anyio.to_thread.run_sync(run_exec, abandon_on_cancel=True)
         timed_out = scope.cancelled_caught
     except anyio.get_cancelled_exc_class():
+        log_file.close()
+        if live.abandoned:  # left running for the next process to re-attach
+            raise
         live.cancel_requested = True
         with anyio.CancelScope(shield=True):
             await anyio.to_thread.run_sync(runtime.kill, container_id)
-        log_file.close()
         raise
     if timed_out:
         await anyio.to_thread.run_sync(runtime.kill, container_id)

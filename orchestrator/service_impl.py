@@ -216,7 +216,10 @@ class Service:
 
 
 @asynccontextmanager
-async def open_service(*, warm: bool = True) -> AsyncIterator[Service]:
-    """The production service: the dispatcher over Docker, warm pools filled."""
-    async with open_dispatcher(warm=warm, reattach=True) as dispatcher:
+async def open_service(*, warm: bool = True,
+                       wait_for_runs: bool = True) -> AsyncIterator[Service]:
+    """The production service: the dispatcher over Docker, warm pools filled, runs adoptable
+    by the next process; see :meth:`SandboxHost.close` for ``wait_for_runs``."""
+    async with open_dispatcher(warm=warm, reattach=True,
+                               wait_for_runs=wait_for_runs) as dispatcher:
         yield Service(dispatcher)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from functools import partial
 from typing import Annotated, Literal
 
 import typer
@@ -36,8 +37,11 @@ def serve(
     token = os.environ.get(token_env) or None
     if transport == "http":
         server.check_bind(host, token)  # refuse before opening anything
+    # A stdio server ends when its client leaves: it finishes the runs in flight first. An
+    # HTTP server ends when it is told to stop: it leaves them running for the next one.
+    factory = partial(server.default_service_factory, wait_for_runs=transport == "stdio")
     server.run(
-        server.create_server(),
+        server.create_server(factory),
         transport=transport,
         host=host,
         port=port,

@@ -22,10 +22,12 @@ logger = logging.getLogger(__name__)
 # --- server ------------------------------------------------------------------------
 
 
-def default_service_factory() -> AbstractAsyncContextManager[DispatchService]:
+def default_service_factory(*, wait_for_runs: bool = True,
+                            ) -> AbstractAsyncContextManager[DispatchService]:
     """The production dispatcher, imported late so ``--help`` stays fast."""
     module = importlib.import_module("orchestrator.dispatch")
-    return cast(AbstractAsyncContextManager[DispatchService], module.open_service())
+    return cast(AbstractAsyncContextManager[DispatchService],
+                module.open_service(wait_for_runs=wait_for_runs))
 
 
 async def _sync_management_tools(server: MCPServer[AppState], enabled: bool) -> None:

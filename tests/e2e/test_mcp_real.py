@@ -8,8 +8,8 @@ import json
 import os
 import subprocess
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -184,50 +184,99 @@ def test_every_tool_over_http(env: dict[str, str]) -> None:
         anyio.run(main, url)
 
 
-def test_progress_notifications_arrive_while_the_agent_works(env: dict[str, str]) -> None:
+@contextmanager
+def connected(transport: str, env: dict[str, str]) -> Iterator[Callable[[], Any]]:
+    """A factory of client contexts for ``transport`` (an HTTP server lives for the block)."""
+    if transport == "stdio":
+        yield lambda: stdio(env)
+        return
+    with http_server([AD_SANDBOX, "serve"], env) as url:
+        yield lambda: over_http(url)
+
+
+@pytest.mark.parametrize("transport", ["stdio", "http"])
+def test_progress_notifications_arrive_while_the_agent_works(
+    env: dict[str, str], transport: str
+) -> None:
     seen: list[str] = []
 
     async def on_progress(progress: float, total: float | None, message: str | None) -> None:
         seen.append(message or "")
 
-    async def main() -> dict[str, Any]:
-        async with stdio(env) as client:
+    async def main(client_for: Callable[[], Any]) -> dict[str, Any]:
+        async with client_for() as client:
             return body(await client.call_tool(
                 "dispatch", {"agent": "alpha", "task": "[[bash: sleep 6; echo slept]]"},
                 progress_callback=on_progress))
 
-    result = anyio.run(main)
+    with connected(transport, env) as client_for:
+        result = anyio.run(main, client_for)
     assert result["result"] == "tool result: slept"
     assert any("Bash: sleep 6" in m for m in seen), seen  # the agent's last action
     assert any("tok" in m and "$" in m for m in seen)     # tokens and cost so far
 
 
-def test_cancel_kills_the_container_within_2s(env: dict[str, str]) -> None:
+async def _wait_running(agent: str) -> None:
+    with anyio.fail_after(60):
+        while not [c for c in containers(agent) if c.status == "running"]:
+            await anyio.sleep(0.2)
+
+
+async def _gone_within_2s(agent: str) -> None:
+    started = time.monotonic()
+    with anyio.fail_after(2):
+        while containers(agent):
+            await anyio.sleep(0.05)
+    assert time.monotonic() - started < 2
+
+
+async def _last_job(client: Client) -> dict[str, Any]:
+    deadline = time.monotonic() + 10
+    while True:
+        job = body(await client.call_tool("dispatch_jobs", {"limit": 1}))["jobs"][0]
+        if job["status"] == "finished" or time.monotonic() > deadline:
+            return dict(job)
+        await anyio.sleep(0.1)
+
+
+def test_notifications_cancelled_kills_the_container_within_2s(env: dict[str, str]) -> None:
     async def main() -> dict[str, Any]:
         async with stdio(env) as client:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(client.call_tool, "dispatch",
                               {"agent": "alpha", "task": "[[sleep: 600]] forever"})
-                with anyio.fail_after(60):
-                    while not containers("alpha"):
-                        await anyio.sleep(0.2)
-                    while not [c for c in containers("alpha") if c.status == "running"]:
-                        await anyio.sleep(0.2)
+                await _wait_running("alpha")
                 tg.cancel_scope.cancel()  # the client sends notifications/cancelled
-            started = time.monotonic()
-            with anyio.fail_after(2):
-                while containers("alpha"):
-                    await anyio.sleep(0.05)
-            assert time.monotonic() - started < 2
-            jobs = body(await client.call_tool("dispatch_jobs", {"limit": 1}))["jobs"]
-            deadline = time.monotonic() + 10
-            while jobs[0]["status"] != "finished" and time.monotonic() < deadline:
-                await anyio.sleep(0.1)
-                jobs = body(await client.call_tool("dispatch_jobs", {"limit": 1}))["jobs"]
-            return dict(jobs[0])
+            await _gone_within_2s("alpha")
+            return await _last_job(client)
 
-    job = anyio.run(main)
-    assert job["exit_reason"] == "cancelled", job
+    assert anyio.run(main)["exit_reason"] == "cancelled"
+
+
+def test_dispatch_cancel_over_http_kills_the_container_within_2s(env: dict[str, str]) -> None:
+    """Over HTTP (2026-07-28) a client cancels by closing its stream, which is also what a
+    client going away looks like: the run goes on; `dispatch_cancel` is how it is stopped."""
+    answers: list[dict[str, Any]] = []
+
+    async def main(url: str) -> dict[str, Any]:
+        async with over_http(url) as client:
+            async def waiting_caller() -> None:
+                answers.append(body(await client.call_tool(
+                    "dispatch", {"agent": "alpha", "task": "[[sleep: 600]] forever"})))
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(waiting_caller)
+                await _wait_running("alpha")
+                running = body(await client.call_tool("dispatch_jobs", {"status": "running"}))
+                job_id = running["jobs"][0]["job_id"]
+                cancelled = body(await client.call_tool("dispatch_cancel", {"job_id": job_id}))
+                await _gone_within_2s("alpha")
+            return cancelled
+
+    with http_server([AD_SANDBOX, "serve"], env) as url:
+        cancelled = anyio.run(main, url)
+    assert cancelled["exit_reason"] == "cancelled" and cancelled["status"] == "finished"
+    assert answers and answers[0]["exit_reason"] == "cancelled"  # the waiting call is told
 
 
 def test_a_disconnect_mid_run_loses_nothing(env: dict[str, str]) -> None:
@@ -267,6 +316,40 @@ def test_a_disconnect_mid_run_loses_nothing(env: dict[str, str]) -> None:
                                                    {"ref": record["run_id"]}))["text"])
 
     assert anyio.run(fetch) == record["result"]
+
+
+def test_an_http_client_dropping_the_connection_loses_nothing(env: dict[str, str]) -> None:
+    """Over HTTP the client just goes away mid-call (no cancel): the run still finishes."""
+    headers = {"accept": "application/json, text/event-stream",
+               "content-type": "application/json"}
+    with http_server([AD_SANDBOX, "serve"], env) as url:
+        init = httpx2.post(url, headers=headers, timeout=30, json={
+            "jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+                "protocolVersion": "2025-11-25", "capabilities": {},
+                "clientInfo": {"name": "dropper", "version": "1"}}})
+        assert init.status_code == 200, init.text
+        session = {**headers, "mcp-protocol-version": "2025-11-25"}
+        if "mcp-session-id" in init.headers:
+            session["mcp-session-id"] = init.headers["mcp-session-id"]
+        httpx2.post(url, headers=session, timeout=30,
+                    json={"jsonrpc": "2.0", "method": "notifications/initialized"})
+        with pytest.raises(httpx2.TimeoutException):  # we hang up after 2 s, mid-run
+            httpx2.post(url, headers=session, timeout=2, json={
+                "jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {
+                    "name": "dispatch",
+                    "arguments": {"agent": "beta", "task": "[[sleep: 5]] still wanted"}}})
+        deadline = time.monotonic() + 60
+        record: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            jobs = subprocess.run([AD_SANDBOX, "jobs", "--json", "--agent", "beta"], env=env,
+                                  capture_output=True, text=True, check=True)
+            found = json.loads(jobs.stdout)
+            if found and found[0]["status"] == "finished":
+                record = found[0]
+                break
+            time.sleep(0.5)
+    assert record.get("exit_reason") == "completed", record
+    assert record["success"] and "still wanted" in record["result"]
 
 
 def test_cache_hits_then_misses_after_a_commit(env: dict[str, str]) -> None:
@@ -419,3 +502,32 @@ def test_a_restart_reattaches_jobs_whose_container_still_runs(env: dict[str, str
     assert waited["exit_reason"] == "completed", waited
     assert waited["result"]["result"] == "tool result: survived"
     assert containers("alpha") == []
+
+
+def test_an_http_server_told_to_stop_leaves_its_jobs_to_the_next(env: dict[str, str]) -> None:
+    """SIGTERM of `serve --transport http` mid-job: it exits promptly without killing the
+    job; the next `serve` re-attaches it and the job completes."""
+
+    async def start_job(url: str) -> str:
+        async with over_http(url) as client:
+            started = body(await client.call_tool("dispatch_async", {
+                "agent": "beta",
+                "task": "[[bash: python3 -c 'import time; time.sleep(6)'; echo kept]]"}))
+            await _wait_running("beta")
+            await anyio.sleep(1.5)  # inside its Bash call
+            return str(started["job_id"])
+
+    with http_server([AD_SANDBOX, "serve"], env) as url:
+        job = anyio.run(start_job, url)
+        stopping = time.monotonic()
+    assert time.monotonic() - stopping < 10  # terminate + wait inside http_server
+    assert [c for c in containers("beta") if c.status == "running"]
+
+    async def after(client_for: Callable[[], Any]) -> dict[str, Any]:
+        async with client_for() as client:
+            return body(await client.call_tool("dispatch_wait",
+                                               {"job_id": job, "timeout_seconds": 90}))
+
+    waited = anyio.run(after, lambda: stdio(env))
+    assert waited["exit_reason"] == "completed", waited
+    assert waited["result"]["result"] == "tool result: kept"

@@ -379,3 +379,21 @@ async def test_settings_not_provided_yet_are_refused_not_ignored(
         with pytest.raises(UsageError, match="does not provide yet"):
             await service.dispatch(RunRequest(agent="proj", task="x"))
     assert execs(runtime) == []
+
+
+async def test_a_stopping_server_leaves_its_runs_to_the_next_one(
+    env: Path, runtime: FakeRuntime
+) -> None:
+    async with open_dispatcher(runtime=runtime, gateway_host="127.0.0.1",
+                               image_id=lambda ref: "x", wait_for_runs=False) as service:
+        job = service.start_async(RunRequest(agent="proj", task="[[sleep: 60]] long"))
+        live = service.live(job)
+        assert live is not None
+        with anyio.fail_after(10):
+            while not execs(runtime):
+                await live.wait_change(1)
+    with StateStore() as state:
+        record = state.get_run(job)
+    assert record.status == "running" and record.container_id  # nothing recorded as ended
+    assert [c.id for c in runtime.list_managed()] == [record.container_id]  # nor killed
+    runtime.remove(record.container_id)
