@@ -171,7 +171,15 @@ class Dispatcher(SandboxHost):
     def result_of(self, record: RunRecord) -> DispatchResult:
         return DispatchResult.from_record(record, cached=record.cached)
 
+    async def idle(self) -> None:
+        """Return once no run is in flight, clean-up included (containers removed)."""
+        while self._busy:
+            await self._idle.wait()
+
     async def _run(self, request: RunRequest, live: LiveRun) -> None:
+        if not self._busy:
+            self._idle = anyio.Event()
+        self._busy += 1
         try:
             with anyio.CancelScope() as scope:
                 live.scope = scope
@@ -196,6 +204,9 @@ class Dispatcher(SandboxHost):
             log.exception("run %s failed inside the orchestrator", live.run_id)
         finally:
             self._live.pop(live.run_id, None)
+            self._busy -= 1
+            if not self._busy:
+                self._idle.set()
 
     def _end_cancelled(self, run_id: str, when: str) -> RunRecord:
         return self.state.update_run(

@@ -56,6 +56,8 @@ class SandboxHost:
         self._gateway: Gateway | None = None
         self._pool: WarmPool | None = None
         self._sandbox_lock = anyio.Lock()
+        self._busy = 0
+        self._idle = anyio.Event()
         self._warm = False
         """Keep the warm pools filled (a long-lived server); a one-shot CLI run does not."""
 

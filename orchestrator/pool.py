@@ -58,9 +58,12 @@ class WarmPool:
             log.warning("warm container %s is gone; dropping it", claimed[:12])
             await self.release(claimed)
         spec = self._spec(agent_name, agent, image, owner, run_id=run_id, lease_s=lease_s)
-        container_id = await anyio.to_thread.run_sync(self.runtime.create, spec)
-        self.state.add_container(container_id, agent=agent_name, owner_pid=self.owner_pid,
-                                 lease_s=lease_s, state="running", run_id=run_id)
+        # Shielded up to the return: a cancel landing mid-create must not lose the id the
+        # caller's clean-up needs (it takes effect at the caller's next await).
+        with anyio.CancelScope(shield=True):
+            container_id = await anyio.to_thread.run_sync(self.runtime.create, spec)
+            self.state.add_container(container_id, agent=agent_name, owner_pid=self.owner_pid,
+                                     lease_s=lease_s, state="running", run_id=run_id)
         log.info("run %s: cold container %s", run_id, container_id[:12])
         return container_id
 

@@ -113,7 +113,6 @@ async def execute(env: RunEnv, request: RunRequest, live: LiveRun) -> RunRecord:
         )
     )
     container_id: str | None = None
-    outcome: _ExecOutcome | None = None
     try:
         with live.lock:
             live.state = "starting"
@@ -128,6 +127,9 @@ async def execute(env: RunEnv, request: RunRequest, live: LiveRun) -> RunRecord:
                              image=image, started_at=time.time())
         outcome = await _run_claude(env, request, agent, owner, secrets, container_id, token,
                                     timeout, live)
+        # Recorded and answered first; the container is removed after (the caller does
+        # not wait for that; the process does, before it exits).
+        return conclude(env, live, request, outcome, secrets)
     except AdSandboxError as exc:
         if live.cancel_requested:  # the kill raced the set-up; the cancel is what happened
             raise
@@ -137,7 +139,6 @@ async def execute(env: RunEnv, request: RunRequest, live: LiveRun) -> RunRecord:
         if container_id is not None and not live.abandoned:
             with anyio.CancelScope(shield=True):
                 await env.pool.release(container_id)
-    return conclude(env, live, request, outcome, secrets)
 
 
 @dataclass
@@ -166,13 +167,12 @@ async def _run_claude(
     mcp = claude.merged_mcp_config(claude.project_mcp_config(agent.path), None)
     group = env.config.groups.get(request.group) if request.group else None
     prompt = claude.build_prompt(request, shared_context=group.shared_context if group else "")
-    files = {"prompt": prompt.encode()}
-    if mcp is not None:
-        files["mcp.json"] = json.dumps(mcp).encode()
     runtime = env.runtime
-    await anyio.to_thread.run_sync(
-        lambda: runtime.write_files(container_id, RUN_DIR, files, uid=owner.uid, gid=owner.gid)
-    )
+    if mcp is not None:
+        files = {"mcp.json": json.dumps(mcp).encode()}
+        await anyio.to_thread.run_sync(
+            lambda: runtime.write_files(container_id, RUN_DIR, files, uid=owner.uid,
+                                        gid=owner.gid))
     if secrets:
         await anyio.to_thread.run_sync(
             lambda: runtime.write_files(container_id, SECRETS_DIR, secrets,
@@ -197,18 +197,21 @@ async def _run_claude(
         api_timeout_ms=int(min(timeout, 600) * 1000),
     )
     return await watch(env, live, container_id, ["bash", "-c", RUN_SCRIPT, "ad-sandbox-run", *argv],
-                       exec_env=run_env, user=owner.user, timeout=timeout, secrets=secrets)
+                       exec_env=run_env, user=owner.user, timeout=timeout, secrets=secrets,
+                       stdin_data=prompt.encode())
 
 
 RUN_SCRIPT = f"""
+cat > {RUN_DIR}/prompt
 "$@" < {RUN_DIR}/prompt | tee -p {RUN_DIR}/stream.jsonl
 code=${{PIPESTATUS[0]}}
 echo "$code" > {RUN_DIR}/exit
 exit "$code"
 """
-"""Runs claude (argv after the script) with the prompt on stdin; its stream also goes to a
-file and its exit code to another, so a process that adopts the run after a restart can
-follow it (tee -p keeps writing the file when the exec's client is gone)."""
+"""Keeps the prompt (the exec's stdin) as a file, runs claude (argv after the script) with it
+on stdin; its stream also goes to a file and its exit code to another, so a process that
+adopts the run after a restart can follow it (tee -p keeps writing the file when the exec's
+client is gone)."""
 
 FOLLOW_SCRIPT = f"""
 tail -n +1 -f {RUN_DIR}/stream.jsonl & follower=$!
@@ -229,6 +232,7 @@ async def watch(
     user: str,
     timeout: float,
     secrets: dict[str, bytes],
+    stdin_data: bytes | None = None,
 ) -> _ExecOutcome:
     """Exec ``argv`` (claude, or a follower of it) to its end or the deadline; say how it ended."""
     runtime = env.runtime
@@ -259,7 +263,7 @@ async def watch(
     def run_exec() -> ExecResult:
         return runtime.exec(
             container_id, argv, env=exec_env, user=user, workdir=WORKSPACE,
-            stdin_file=None, on_stdout_line=on_line, on_stderr=on_stderr,
+            stdin_file=None, on_stdout_line=on_line, on_stderr=on_stderr, stdin_data=stdin_data,
         )
 
     exec_result: ExecResult | None = None
@@ -323,10 +327,9 @@ def conclude(
     env: RunEnv,
     live: LiveRun,
     request: RunRequest,
-    outcome: _ExecOutcome | None,
+    outcome: _ExecOutcome,
     secrets: dict[str, bytes],
 ) -> RunRecord:
-    assert outcome is not None
     result = outcome.result
     text = redact(result.result if result else "", secrets)
     fields: dict[str, Any] = {

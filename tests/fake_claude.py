@@ -24,10 +24,9 @@ def claude_argv(proc: FakeExec) -> tuple[str, ...]:
 
 
 def prompt_of(proc: FakeExec) -> str:
-    """The wrapper feeds claude the prompt file on stdin."""
-    found = proc.read_file("/run/ad-sandbox/prompt")
-    assert found is not None, "no prompt file"
-    return found.data.decode()
+    """The runner sends the prompt on the exec's stdin (the wrapper hands it to claude)."""
+    assert proc.stdin, "no prompt on stdin"
+    return proc.stdin.decode()
 
 
 def fake_claude(proc: FakeExec) -> int:

@@ -76,6 +76,7 @@ def run(
     argv: list[str],
     *,
     stdin_file: str | None = None,
+    stdin_data: bytes | None = None,
     env: dict[str, str] | None = None,
     out: Run | None = None,
 ) -> tuple[ExecResult, Run]:
@@ -87,6 +88,7 @@ def run(
         user=f"{RUN_UID}:{RUN_UID}",
         workdir="/tmp",
         stdin_file=stdin_file,
+        stdin_data=stdin_data,
         on_stdout_line=out.line,
         on_stderr=out.err,
     )
@@ -134,6 +136,12 @@ class RuntimeContract:
         result, out = run(harness, cid, harness.cat_cmd(), stdin_file=f"{SECRETS_DIR}/task.txt")
         assert result.exit_code == 0
         assert out.lines == ["first line", "second line"]
+
+    def test_stdin_data_is_sent_whole_then_closed(self, harness: Harness, cid: str) -> None:
+        big = b"".join(b"line %d\n" % n for n in range(20_000))  # past any pipe buffer
+        result, out = run(harness, cid, harness.cat_cmd(), stdin_data=big)
+        assert result.exit_code == 0
+        assert len(out.lines) == 20_000 and out.lines[-1] == "line 19999"
 
     def test_stdin_is_empty_without_a_file(self, harness: Harness, cid: str) -> None:
         # `cat` would block forever on an inherited, open stdin.

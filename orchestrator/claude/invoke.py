@@ -70,7 +70,7 @@ def claude_env(
     uid: int,
     api_timeout_ms: int,
     home: str | None = None,
-    max_retries: int = 2,
+    max_retries: int = 4,
     mcp_tool_timeout_ms: int = 24 * 3600 * 1000,
 ) -> dict[str, str]:
     """Environment of ``claude`` in the container.
@@ -84,7 +84,8 @@ def claude_env(
         # Exactly one request per model turn, nothing to api.anthropic.com, no DNS lookups.
         "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
         "DISABLE_AUTOUPDATER": "1",
-        # The gateway is local: retrying for minutes only hides a rejected token or a spent budget.
+        # A few retries (~7 s with claude's backoff) bridge an orchestrator restart that
+        # re-attaches the run; retrying for minutes would only hide a rejected token.
         "CLAUDE_CODE_MAX_RETRIES": str(max_retries),
         "API_TIMEOUT_MS": str(api_timeout_ms),
         # Nested dispatches are tool calls that may run as long as their own timeout.

@@ -174,11 +174,13 @@ class Runtime(Protocol):
         stdin_file: str | None,
         on_stdout_line: LineCallback,
         on_stderr: LineCallback,
+        stdin_data: bytes | None = None,
     ) -> ExecResult:
         """Run ``argv`` in the container and block until it ends or the container dies.
 
         stdout is delivered line by line (without the newline) as it is produced, stderr
-        in chunks. stdin is the file ``stdin_file`` inside the container, or empty.
+        in chunks. stdin is ``stdin_data`` (then closed), else the file ``stdin_file``
+        inside the container, else empty.
         """
         ...
 

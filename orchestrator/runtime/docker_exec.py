@@ -12,6 +12,7 @@ import codecs
 import json
 import socket
 import struct
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -61,13 +62,21 @@ def attached(api: docker.APIClient, exec_id: str) -> Iterator[Any]:
 
 
 def stream_output(
-    api: docker.APIClient, exec_id: str, on_stdout_line: LineCallback, on_stderr: LineCallback
+    api: docker.APIClient, exec_id: str, on_stdout_line: LineCallback, on_stderr: LineCallback,
+    *, stdin: bytes | None = None,
 ) -> None:
-    """Start the exec; stdout goes out line by line (no newline), stderr in chunks."""
+    """Start the exec; stdout goes out line by line (no newline), stderr in chunks.
+
+    ``stdin`` is fed by a thread of its own while the output is read, so a process that
+    answers as it reads (``cat``) cannot deadlock against a full socket buffer.
+    """
     out_decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     err_decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     pending = ""
     with attached(api, exec_id) as sock:
+        if stdin is not None:
+            threading.Thread(target=_feed, args=(sock, stdin), daemon=True,
+                             name=f"exec-stdin-{exec_id[:8]}").start()
         for stream_id, data in frames_iter(sock, False):
             if stream_id == STDOUT:
                 pending += out_decoder.decode(data)
@@ -79,6 +88,15 @@ def stream_output(
     pending += out_decoder.decode(b"", final=True)
     if pending:
         on_stdout_line(pending)
+
+
+def _feed(sock: Any, data: bytes) -> None:
+    raw: socket.socket = getattr(sock, "_sock", sock)  # under the SocketIO of unix sockets
+    try:
+        raw.sendall(data)
+        raw.shutdown(socket.SHUT_WR)  # EOF on the process's stdin
+    except OSError:
+        pass  # the process ended (or was killed) before reading it all: its exit tells
 
 
 def collect(api: docker.APIClient, exec_id: str, stdin: bytes | None) -> tuple[bytes, str]:

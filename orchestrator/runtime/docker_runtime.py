@@ -238,12 +238,16 @@ class DockerRuntime:
         stdin_file: str | None,
         on_stdout_line: LineCallback,
         on_stderr: LineCallback,
+        stdin_data: bytes | None = None,
     ) -> ExecResult:
         started = time.time()
-        wrapped = ["/bin/sh", "-c", _STDIN_WRAPPER, stdin_file or "/dev/null", *argv]
-        exec_id = self._exec_create(container_id, wrapped, env=env, user=user, workdir=workdir)
+        if stdin_data is None:
+            argv = ["/bin/sh", "-c", _STDIN_WRAPPER, stdin_file or "/dev/null", *argv]
+        exec_id = self._exec_create(container_id, list(argv), env=env, user=user,
+                                    workdir=workdir, stdin=stdin_data is not None)
         try:
-            docker_exec.stream_output(self._api, exec_id, on_stdout_line, on_stderr)
+            docker_exec.stream_output(self._api, exec_id, on_stdout_line, on_stderr,
+                                      stdin=stdin_data)
         except (DockerException, requests.RequestException, OSError) as exc:
             raise translate(exc, "stream exec output", container=container_id) from exc
         exit_code = docker_exec.exit_code(self._api, exec_id)

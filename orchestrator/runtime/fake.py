@@ -285,14 +285,15 @@ class FakeRuntime:
         stdin_file: str | None,
         on_stdout_line: LineCallback,
         on_stderr: LineCallback,
+        stdin_data: bytes | None = None,
     ) -> ExecResult:
         argv = tuple(argv)
         self._enter("exec", container_id, argv, dict(env), user, workdir, stdin_file)
         started = time.time()
         with self._lock:
             box = self._running_container(container_id)
-            stdin = b""
-            if stdin_file is not None and stdin_file != "/dev/null":
+            stdin = b"" if stdin_data is None else stdin_data
+            if stdin_data is None and stdin_file is not None and stdin_file != "/dev/null":
                 found = box.files.get(stdin_file)
                 if found is None:
                     on_stderr(f"sh: can't open {stdin_file}: no such file\n")

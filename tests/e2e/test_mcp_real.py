@@ -513,9 +513,12 @@ def test_an_http_server_told_to_stop_leaves_its_jobs_to_the_next(env: dict[str, 
             started = body(await client.call_tool("dispatch_async", {
                 "agent": "beta",
                 "task": "[[bash: python3 -c 'import time; time.sleep(6)'; echo kept]]"}))
-            await _wait_running("beta")
-            await anyio.sleep(1.5)  # inside its Bash call
-            return str(started["job_id"])
+            job = str(started["job_id"])
+            with anyio.fail_after(60):  # until the agent is inside its Bash call
+                while "Bash" not in body(await client.call_tool(
+                        "dispatch_status", {"job_id": job}))["last_action"]:
+                    await anyio.sleep(0.2)
+            return job
 
     with http_server([AD_SANDBOX, "serve"], env) as url:
         job = anyio.run(start_job, url)

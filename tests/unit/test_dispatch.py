@@ -89,6 +89,7 @@ async def test_dispatch_runs_claude_in_a_container_and_records_it(
     assert result.cost_usd > 0  # metered by the gateway from the stub's usage
     record = dispatcher.state.get_run(result.run_id)
     assert record.status == "finished" and record.container_id == result.container_id
+    await dispatcher.idle()
     assert runtime.inspect(result.container_id or "") is None  # removed after the run
     _, argv, env_vars, _user, workdir, stdin_file = execs(runtime)[0][1]
     assert "say hi" not in " ".join(argv)  # the task never goes into argv
@@ -120,6 +121,7 @@ async def test_timeout_kills_and_records(dispatcher: Dispatcher, runtime: FakeRu
     assert time.monotonic() - started < 5
     assert result.exit_reason == "timeout" and result.error_type == "timeout"
     assert not result.success and result.hint
+    await dispatcher.idle()
     assert runtime.list_managed() == []
 
 
@@ -132,6 +134,7 @@ async def test_cancel_kills_the_container(dispatcher: Dispatcher, runtime: FakeR
             await live.wait_change(1)
     record = await dispatcher.cancel(job)
     assert record.exit_reason == "cancelled" and record.status == "finished"
+    await dispatcher.idle()
     assert runtime.list_managed() == []
 
 
@@ -325,20 +328,22 @@ async def test_orphaned_run_is_ended_truthfully(env: Path, runtime: FakeRuntime)
 
 async def test_cancel_while_setting_up_is_a_cancel(dispatcher: Dispatcher,
                                                    runtime: FakeRuntime) -> None:
-    """The kill can land between the container's start and the exec: still `cancelled`."""
+    """The cancel can land while the container is being made: still `cancelled`, and the
+    container is not left behind."""
     gate = anyio.Event()
-    original = runtime.write_files
+    original = runtime.create
 
-    def slow_write(*args: Any, **kwargs: Any) -> None:
+    def slow_create(*args: Any, **kwargs: Any) -> str:
         anyio.from_thread.run_sync(gate.set)
         time.sleep(0.3)
-        original(*args, **kwargs)
+        return original(*args, **kwargs)
 
-    runtime.write_files = slow_write  # type: ignore[method-assign]
+    runtime.create = slow_create  # type: ignore[method-assign]
     job = dispatcher.start_async(RunRequest(agent="proj", task="x"))
     await gate.wait()
     record = await dispatcher.cancel(job)
     assert record.exit_reason == "cancelled" and record.status == "finished"
+    await dispatcher.idle()
     assert runtime.list_managed() == []
 
 
