@@ -22,27 +22,25 @@ GIT_TIMEOUT_S = 10
 
 
 def project_state(directory: Path) -> str:
-    """``git HEAD`` plus a hash of ``git status --porcelain``; ``"no-git"`` outside git.
+    """A digest of the project's git HEAD and ``git status`` (one git process); ``"no-git"``
+    outside git.
 
     Run on the host (the orchestrator's side), read-only, ``safe.directory`` widened so a
     project owned by another user still answers.
     """
-    def git(*args: str) -> str | None:
-        try:
-            done = subprocess.run(
-                ["git", "-c", "safe.directory=*", "-C", str(directory), *args],
-                stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=GIT_TIMEOUT_S,
-                check=False,
-            )
-        except (OSError, subprocess.TimeoutExpired):
-            return None
-        return done.stdout if done.returncode == 0 else None
-
-    head = git("rev-parse", "HEAD")
-    if head is None:
+    try:
+        done = subprocess.run(
+            ["git", "-c", "safe.directory=*", "-C", str(directory), "status",
+             "--porcelain=v2", "--branch", "--untracked-files=all"],
+            stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=GIT_TIMEOUT_S,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
         return "no-git"
-    status = git("status", "--porcelain", "--untracked-files=all") or ""
-    return f"{head.strip()}:{hashlib.sha256(status.encode()).hexdigest()[:16]}"
+    if done.returncode != 0:
+        return "no-git"
+    # "# branch.oid <HEAD>" leads, then one line per changed or untracked file.
+    return hashlib.sha256(done.stdout.encode()).hexdigest()[:32]
 
 
 def cache_key(request: RunRequest, agent: Agent, image_id: str, project: str) -> str:

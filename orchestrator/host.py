@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Callable, Coroutine
 from dataclasses import replace
 from typing import Any
@@ -222,7 +223,22 @@ def docker_runtime() -> Runtime:
         return UnavailableRuntime(exc)
 
 
+IMAGE_ID_TTL_S = 5.0
+"""An image id is asked once per few seconds, not per dispatch (a rebuild shows up soon)."""
+_image_ids: dict[str, tuple[float, str | None]] = {}
+
+
 def docker_image_id(ref: str) -> str | None:
+    now = time.monotonic()
+    cached = _image_ids.get(ref)
+    if cached is not None and now - cached[0] < IMAGE_ID_TTL_S:
+        return cached[1]
+    image_id = _lookup_image_id(ref)
+    _image_ids[ref] = (now, image_id)
+    return image_id
+
+
+def _lookup_image_id(ref: str) -> str | None:
     from orchestrator.runtime.images import image_status
 
     status = image_status(ref)
