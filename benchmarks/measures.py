@@ -195,11 +195,20 @@ async def mcp_fan_out(b: Bench, row: Row) -> float:
     if got != [f"fan-{k}" for k in range(FAN_OUT)]:
         row.ok = False
         row.notes.append(f"results missing or wrong: {got}")
+    # Containers are removed just after the answer, not before it: an orphan is one that is
+    # still there once that removal has had its moment.
+    deadline = time.monotonic() + ORPHAN_GRACE_S
     left = await anyio.to_thread.run_sync(b.engine.containers, agent)
+    while left and time.monotonic() < deadline:
+        await anyio.sleep(0.1)
+        left = await anyio.to_thread.run_sync(b.engine.containers, agent)
     if left:
         row.ok = False
         row.notes.append(f"left behind: {[c.name for c in left]}")
     return elapsed
+
+
+ORPHAN_GRACE_S = 5.0
 
 
 async def measure_fan_out(b: Bench, cold_ms: float, base_ms: float) -> list[Row]:

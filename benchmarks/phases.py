@@ -63,10 +63,10 @@ class TimedDocker(DockerRuntime):
 
     def exec(self, container_id: str, argv: Sequence[str], *, env: dict[str, str], user: str,
              workdir: str, stdin_file: str | None, on_stdout_line: LineCallback,
-             on_stderr: LineCallback) -> ExecResult:
+             on_stderr: LineCallback, stdin_data: bytes | None = None) -> ExecResult:
         return self._timed("claude exec", lambda: super(TimedDocker, self).exec(
             container_id, argv, env=env, user=user, workdir=workdir, stdin_file=stdin_file,
-            on_stdout_line=on_stdout_line, on_stderr=on_stderr))
+            on_stdout_line=on_stdout_line, on_stderr=on_stderr, stdin_data=stdin_data))
 
     def was_oom_killed(self, container_id: str, **options: Any) -> bool:
         return self._timed("OOM check", lambda: super(TimedDocker, self).was_oom_killed(
