@@ -207,6 +207,7 @@ class Config(_Frozen):
             known = ", ".join(sorted(self.agents)) or "none registered"
             raise AgentNotFound(
                 f"unknown agent {name!r} (known: {known})",
-                hint="Run `ad-sandbox list`, or register it with `ad-sandbox add NAME DIR`.",
+                hint="Call list_agents (or run `ad-sandbox list`) to see the agents; register "
+                "one with `ad-sandbox add NAME DIR`.",
                 agent=name,
             ) from None

@@ -14,6 +14,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
+from filelock import FileLock
+
 from orchestrator.errors import AdSandboxError
 
 SCHEMA_VERSION = 1
@@ -188,9 +190,16 @@ class Database:
             conn.execute("COMMIT")
 
     def _migrate(self) -> None:
+        # Processes starting together on a new file take turns: switching the journal mode
+        # needs the file to itself and does not wait on busy_timeout ("database is locked").
+        with FileLock(f"{self.path}.setup.lock", timeout=BUSY_TIMEOUT_S):
+            self._migrate_locked()
+
+    def _migrate_locked(self) -> None:
         conn = self.conn()
         # journal_mode cannot change inside a transaction; it persists in the file.
-        conn.execute("PRAGMA journal_mode = WAL")
+        if str(conn.execute("PRAGMA journal_mode").fetchone()[0]).lower() != "wal":
+            conn.execute("PRAGMA journal_mode = WAL")
         with self.write():
             version = int(conn.execute("PRAGMA user_version").fetchone()[0])
             if version > SCHEMA_VERSION:

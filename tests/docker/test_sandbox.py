@@ -355,7 +355,9 @@ def test_max_concurrency_holds_across_processes(home: Path, project: Path) -> No
          f"[[bash: python3 -c 'import time; time.sleep(3)'; echo {n}]]"],
         env=cli_env(home), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True) for n in range(2)]
-    results = [json.loads(p.communicate(timeout=180)[0]) for p in runs]
+    outputs = [p.communicate(timeout=180) for p in runs]
+    assert all(out.strip() for out, _ in outputs), outputs  # each printed its JSON result
+    results = [json.loads(out) for out, _ in outputs]
     assert all(r["success"] for r in results), results
     with StateStore(home / "state" / "state.db") as state:
         spans = sorted((r.started_at or 0, r.finished_at or 0)

@@ -457,3 +457,32 @@ def test_threads_each_get_a_connection(store: StateStore) -> None:
         t.join(DEADLINE_S)
     assert len({seen.get_nowait() for _ in threads}) == 3
     assert store.spent_run("r") == 3.0
+
+
+def test_opening_while_another_process_writes(tmp_path: Path) -> None:
+    """A second store opening while the first holds a write transaction waits its turn
+    (two `serve` processes starting together on a new state file)."""
+    path = tmp_path / "state.db"
+    first = StateStore(path)
+    holding, release = threading.Event(), threading.Event()
+
+    def hold_a_write() -> None:
+        with first._db.write() as conn:
+            conn.execute("DELETE FROM slots WHERE run_id = ?", ("nobody",))
+            holding.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=hold_a_write)
+    holder.start()
+    assert holding.wait(10)
+    threading.Timer(0.5, release.set).start()
+    try:
+        second = StateStore(path)  # "database is locked" here before the fix
+        second.insert_run(RunRecord(agent="second"))
+    finally:
+        release.set()
+        holder.join(10)
+    assert second.list_runs(agent="second")
+    second.close()
+    first.close()
+
