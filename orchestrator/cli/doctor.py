@@ -126,8 +126,10 @@ def run_checks() -> list[Check]:
 @app.command()
 def doctor(
     json_output: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    strict: Annotated[bool, typer.Option("--strict", help="Warnings fail too (exit 1).")] = False,
 ) -> None:
-    """Check the setup. Exit 0 if nothing failed; 2 for config, 4 for Docker and images."""
+    """Check the setup. Exit 0 if nothing failed; 2 for config, 4 for Docker and images;
+    with --strict, 1 when only warnings were found."""
     checks = run_checks()
     if json_output:
         rows = [{k: v for k, v in asdict(c).items() if k != "exit_code"} for c in checks]
@@ -142,3 +144,8 @@ def doctor(
         if not json_output:
             typer.echo(f"error: {failed[0].check}: {failed[0].detail}", err=True)
         raise typer.Exit(failed[0].exit_code)
+    warned = [c for c in checks if c.status == "warn"]
+    if strict and warned:
+        if not json_output:
+            typer.echo(f"error: --strict: {warned[0].check}: {warned[0].detail}", err=True)
+        raise typer.Exit(1)

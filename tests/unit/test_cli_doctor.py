@@ -127,6 +127,9 @@ def test_missing_config_warns(
     result = doctor("--json")
     assert result.exit_code == 0
     assert "ad-sandbox init" in rows(result)["config"]["detail"]
+    strict = doctor("--strict")  # warnings fail under --strict
+    assert strict.exit_code == 1
+    assert "--strict: config" in strict.stderr
 
 
 def test_missing_agent_directory_fails(
