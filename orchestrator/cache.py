@@ -1,46 +1,40 @@
 """The result cache's key (SPEC §6): the request, the agent, its image and its project state.
 
 Storage and TTL are in the shared state store; this module decides what makes two requests
-the same, so a commit or an uncommitted edit in the agent's project is a miss.
+the same, so a commit or an uncommitted edit in the agent's project is a miss, and a
+project whose state cannot be read safely is not cached at all.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import subprocess
+import logging
 import time
 from pathlib import Path
 from typing import Any
 
+from orchestrator import projectstate
 from orchestrator.config import Agent
 from orchestrator.errors import RunNotFound
 from orchestrator.models import RunRecord, RunRequest
 from orchestrator.state import StateStore
 
-GIT_TIMEOUT_S = 10
+log = logging.getLogger(__name__)
 
 
-def project_state(directory: Path) -> str:
-    """A digest of the project's git HEAD and ``git status`` (one git process); ``"no-git"``
-    outside git.
+def project_state(directory: Path) -> str | None:
+    """A digest of the project's git HEAD, index and working tree; ``None`` when unknown.
 
-    Run on the host (the orchestrator's side), read-only, ``safe.directory`` widened so a
-    project owned by another user still answers.
+    Read on the host without running anything or following a symlink (see
+    :mod:`orchestrator.projectstate`): the project is the agent's, so no ``git`` runs here.
+    ``None`` means the request must skip the cache: a constant stand-in would be a stale hit.
     """
     try:
-        done = subprocess.run(
-            ["git", "-c", "safe.directory=*", "-C", str(directory), "status",
-             "--porcelain=v2", "--branch", "--untracked-files=all"],
-            stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=GIT_TIMEOUT_S,
-            check=False,
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return "no-git"
-    if done.returncode != 0:
-        return "no-git"
-    # "# branch.oid <HEAD>" leads, then one line per changed or untracked file.
-    return hashlib.sha256(done.stdout.encode()).hexdigest()[:32]
+        return projectstate.fingerprint(directory)
+    except projectstate.StateUnknown as exc:
+        log.info("project state of %s unknown (%s); not using the cache", directory, exc)
+        return None
 
 
 def cache_key(request: RunRequest, agent: Agent, image_id: str, project: str) -> str:

@@ -7,18 +7,22 @@ home directory itself), so it cannot hand itself the whole disk.
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 from typing import Any
 
 from orchestrator.config import Agent, Config, Group
 from orchestrator.configfile import validate_config
-from orchestrator.errors import AgentNotFound, PermissionDenied, UsageError
+from orchestrator.dirpin import verify_directory
+from orchestrator.errors import AgentNotFound, DirectoryChanged, PermissionDenied, UsageError
+from orchestrator.safefs import list_entries, read_head
 from orchestrator.sandbox import agent_image
 from orchestrator.service import AgentDetail, AgentInfo, GroupDetail, GroupInfo, GroupMemberInfo
 from orchestrator.state import StateStore
 
 PREVIEW_FILES = ("CLAUDE.md", "README.md", "README", "README.rst")
+PREVIEW_BYTES = 256 * 1024
 STACK_MARKERS = {
     "pyproject.toml": "python", "requirements.txt": "python", "setup.py": "python",
     "package.json": "node", "Cargo.toml": "rust", "go.mod": "go", "pom.xml": "java",
@@ -84,10 +88,14 @@ def agent_detail(config: Config, state: StateStore, name: str, preview_lines: in
     info = agent_info(config, name, image_present)
     agent = config.agents[name]
     median_ms, median_cost = state.typical(name)
+    swapped = _swapped(name, agent, state)
+    if swapped is not None:
+        # Read nothing from a directory that is not the one registered.
+        info = info.model_copy(update={"healthy": False, "problem": swapped})
     return AgentDetail(
         **info.model_dump(),
-        preview=_preview(agent.path, preview_lines),
-        stacks=detect_stacks(agent.path),
+        preview=_preview(agent.path, preview_lines) if swapped is None else "",
+        stacks=detect_stacks(agent.path) if swapped is None else [],
         runs=len(state.list_runs(agent=name, limit=1000)),
         typical_duration_ms=median_ms,
         typical_cost_usd=median_cost,
@@ -95,22 +103,40 @@ def agent_detail(config: Config, state: StateStore, name: str, preview_lines: in
     )
 
 
-def detect_stacks(path: Path) -> list[str]:
+def _swapped(name: str, agent: Agent, state: StateStore) -> str | None:
+    """Why ``agent``'s directory is not the one registered, if it is not."""
     try:
-        names = {entry.name for entry in path.iterdir()}
+        verify_directory(name, agent, state)
+    except DirectoryChanged as exc:
+        return exc.message
+    except UsageError:
+        return None  # missing or unreadable: agent_problem says so
+    return None
+
+
+def detect_stacks(path: Path) -> list[str]:
+    """Stacks named by marker files in the project's top level; a symlinked marker counts
+    for nothing (names only: nothing in the project is opened)."""
+    try:
+        names = set(list_entries(path))
     except OSError:
         return []
     return sorted({stack for marker, stack in STACK_MARKERS.items() if marker in names})
 
 
 def _preview(path: Path, lines: int) -> str:
+    """The first ``lines`` lines of the first preview file that is a regular file (never a
+    symlink: the agent could point one at any host file), read up to PREVIEW_BYTES."""
     for name in PREVIEW_FILES:
-        candidate = path / name
         try:
-            with candidate.open(encoding="utf-8", errors="replace") as handle:
-                return "".join(line for _, line in zip(range(max(lines, 0)), handle, strict=False))
-        except OSError:
+            data = read_head(path, name, limit=PREVIEW_BYTES)
+        except OSError:  # a symlink, a FIFO, unreadable: as if absent
             continue
+        if data is None:
+            continue
+        # newline=None: \r\n and \r end lines, as reading the file in text mode did.
+        text = io.StringIO(data.decode("utf-8", errors="replace"), newline=None)
+        return "".join(line for _, line in zip(range(max(lines, 0)), text, strict=False))
     return ""
 
 

@@ -12,6 +12,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from orchestrator.privilege import parse_user
+
 NAME_PATTERN = r"^[a-zA-Z0-9][a-zA-Z0-9_-]{0,62}$"
 """Agent and group names become container and volume names."""
 SECRET_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,127}$"
@@ -87,6 +89,11 @@ class Pool(_Frozen):
     warm_per_agent: Annotated[int, Field(ge=0, le=16)] = 1
 
 
+class LogSettings(_Frozen):
+    max_bytes: Annotated[int, Field(ge=65536, le=1024**3)] = 8 * 1024**2
+    """Cap of one run's log file; past it the middle is dropped (head, marker, tail kept)."""
+
+
 class Settings(_Frozen):
     max_dispatch_depth: Annotated[int, Field(ge=0, le=10)] = 3
     max_concurrency: Annotated[int, Field(ge=1, le=64)] = 4
@@ -96,8 +103,12 @@ class Settings(_Frozen):
     model_api: ModelApi = ModelApi()
     images: Images = Images()
     pool: Pool = Pool()
+    logs: LogSettings = LogSettings()
     agent_management_tools: bool = False
     allowed_roots: list[str] = Field(default_factory=list)
+    host_firewall: Literal["required", "off"] = "required"
+    """``required``: runs refuse to start unless the host rules that keep them gateway-only
+    are in place (root + iptables); ``off``: an explicit opt-out (host services answer)."""
 
 
 class Resources(_Frozen):
@@ -144,12 +155,27 @@ class Agent(_Frozen):
     allow_hosts: list[str] = Field(default_factory=list)
     secrets: dict[str, SecretSource] = Field(default_factory=dict)
     dispatch_to: list[str] = Field(default_factory=list)
+    user: str | None = None
+    """``"UID[:GID]"`` the run's processes get; default: the directory's owner, with root
+    replaced by an unprivileged id (:mod:`orchestrator.privilege`). Never 0."""
+
+    @field_validator("user", mode="before")
+    @classmethod
+    def _user(cls, value: object) -> object:
+        if isinstance(value, int) and not isinstance(value, bool):
+            # YAML reads 1000:50 as the base-60 number 60050: only a quoted string is clear.
+            raise ValueError(f"read as the number {value} (YAML reads an unquoted 1000:50 in "
+                             "base 60): quote it, like user: \"1000:1000\"")
+        if isinstance(value, str):
+            parse_user(value)
+            return value.strip()
+        return value
 
     @field_validator("secrets")
     @classmethod
     def _secret_names(cls, value: dict[str, SecretSource]) -> dict[str, SecretSource]:
         for name in value:
-            if not re.match(SECRET_NAME_PATTERN, name):
+            if not re.fullmatch(SECRET_NAME_PATTERN, name):
                 raise ValueError(f"secret name {name!r} must match {SECRET_NAME_PATTERN}")
         return value
 
@@ -179,7 +205,7 @@ class Config(_Frozen):
     @classmethod
     def _names(cls, value: dict[str, object]) -> dict[str, object]:
         for name in value:
-            if not re.match(NAME_PATTERN, str(name)):
+            if not re.fullmatch(NAME_PATTERN, str(name)):
                 raise ValueError(
                     f"name {name!r} must match {NAME_PATTERN} (it becomes a container name)"
                 )

@@ -21,6 +21,7 @@ from pydantic import ValidationError
 
 from orchestrator.config import Config
 from orchestrator.configerrors import describe_validation_error
+from orchestrator.configyaml import BoundedLoader, compose
 from orchestrator.errors import ConfigError
 from orchestrator.paths import config_path
 
@@ -146,9 +147,12 @@ class ConfigSnapshot:
 
 def _compose(text: str, path: Path) -> tuple[yaml.Node | None, Any]:
     """Parse once into nodes (for line numbers) and Python data."""
-    loader = yaml.SafeLoader(text)
+    loader = BoundedLoader(text)
     try:
-        node = loader.get_single_node()
+        # Budgets and duplicates are checked on the node tree, before anything walks the data.
+        node = compose(loader, path)
+        if node is not None:
+            _reject_duplicates(node, path, ())
         data = loader.construct_document(node) if node is not None else None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
@@ -167,8 +171,6 @@ def _compose(text: str, path: Path) -> tuple[yaml.Node | None, Any]:
         ) from None
     finally:
         loader.dispose()
-    if node is not None:
-        _reject_duplicates(node, path, ())
     return node, data
 
 

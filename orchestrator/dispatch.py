@@ -40,6 +40,7 @@ from orchestrator.sandbox import (
     read_secrets,
 )
 from orchestrator.state import StateStore
+from orchestrator.textinput import check_arguments
 
 log = logging.getLogger(__name__)
 
@@ -101,15 +102,18 @@ class Dispatcher(SandboxHost):
                 hint=f"Remove it from the agent (`ad-sandbox describe {request.agent}`) to run "
                 "with the defaults.",
             )
-        directory_owner(request.agent, agent)
+        directory_owner(request.agent, agent, self.state)
         read_secrets(request.agent, agent)
         return agent
 
     def submit(self, request: RunRequest) -> LiveRun:
         """Record ``request`` and validate it; the returned run has not started.
 
-        Bad input still leaves a record (ended, with the error) before the error is raised.
+        Bad input still leaves a record (ended, with the error) before the error is raised;
+        text that is not UTF-8 (a JSON ``\\udcff`` escape over MCP) cannot be recorded at all.
         """
+        check_arguments(request.model_dump(include={"agent", "task", "context", "goal",
+                                                    "session_id", "group", "caller"}))
         record = RunRecord(
             agent=request.agent,
             caller=request.caller,
@@ -281,6 +285,8 @@ class Dispatcher(SandboxHost):
         image = agent_image(config, agent)
         image_id = await anyio.to_thread.run_sync(self._image_id, image)
         project = await anyio.to_thread.run_sync(cache.project_state, agent.path)
+        if project is None:  # unreadable or odd project: uncacheable, never a stale hit
+            return None
         return cache.cache_key(request, agent, image_id or image, project)
 
     async def _from_cache(self, key: str, live: LiveRun) -> bool:

@@ -9,7 +9,8 @@ the MCP server maps ``error_type`` to a result the calling model can act on (SPE
     ├── UsageError                      exit 2  cli_error   bad argument
     │   ├── AgentNotFound               exit 2  not_found
     │   ├── RunNotFound                 exit 2  not_found
-    │   └── PermissionDenied            exit 2  permission  outside allowed roots
+    │   ├── PermissionDenied            exit 2  permission  outside allowed roots
+    │   └── DirectoryChanged            exit 2  cli_error   agent directory swapped
     ├── LimitExceeded                   exit 3
     │   ├── RunTimeout                  exit 3  timeout
     │   ├── BudgetExceeded              exit 3  budget
@@ -18,6 +19,7 @@ the MCP server maps ``error_type`` to a result the calling model can act on (SPE
     │   ├── DockerUnavailable           exit 4  sandbox     engine not reachable
     │   ├── ImageMissing                exit 4  sandbox
     │   ├── ContainerFailed             exit 4  sandbox     create/start/exec failed
+    │   ├── FirewallError               exit 4  sandbox     host firewall not in place
     │   └── OutOfMemory                 exit 4  oom
     └── TaskFailed                      exit 1  cli_error   the agent ran and failed
 """
@@ -71,6 +73,13 @@ class PermissionDenied(UsageError):
     default_hint = "Check settings.allowed_roots and the agent's dispatch_to list."
 
 
+class DirectoryChanged(UsageError):
+    """An agent directory is no longer the directory it was registered with."""
+
+    default_hint = ("Check the directory; if the change is yours, re-register it with "
+                    "`ad-sandbox update NAME --directory DIR`.")
+
+
 class LimitExceeded(AdSandboxError):
     exit_code = 3
     default_hint = "Raise the limit in the configuration or make the task smaller."
@@ -107,6 +116,13 @@ class ImageMissing(SandboxError):
 
 class ContainerFailed(SandboxError):
     pass
+
+
+class FirewallError(SandboxError):
+    """The host rules that keep runs gateway-only cannot be installed."""
+
+    default_hint = ("Run as root with iptables installed, or set `settings.host_firewall: off` "
+                    "to run without the host firewall.")
 
 
 class OutOfMemory(SandboxError):

@@ -22,11 +22,12 @@ from orchestrator.errors import AdSandboxError, DockerUnavailable, UsageError
 from orchestrator.gateway.lifecycle import Gateway
 from orchestrator.gateway.tokens import TokenInfo
 from orchestrator.live import LiveRun
+from orchestrator.netguard import ensure_agents_network, guard_network
 from orchestrator.pool import WarmPool
 from orchestrator.reaper import reap
 from orchestrator.runner import GatewayHandle, RunEnv
-from orchestrator.runtime.base import Runtime
-from orchestrator.sandbox import AGENTS_NETWORK, MANAGED, agent_image, directory_owner
+from orchestrator.runtime.base import NetworkInfo, Runtime
+from orchestrator.sandbox import agent_image, config_identity, directory_owner
 from orchestrator.state import StateStore
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,8 @@ class SandboxHost:
                  image_id: Callable[[str], str | None] | None = None,
                  reattach: bool = False) -> None:
         self.snapshot = snapshot
+        self.scope = config_identity(snapshot.path)
+        """This config's identity: the per-agent objects this process makes and reaps."""
         self.reattach = reattach
         """Runs are adoptable after a restart (the MCP service); CLI runs are not."""
         self._image_id = image_id or docker_image_id
@@ -55,6 +58,8 @@ class SandboxHost:
         self._slot_freed = anyio.Event()
         self._tg: TaskGroup | None = None
         self._gateway: Gateway | None = None
+        self._guarded: NetworkInfo | None = None
+        """The network whose host firewall this process keeps in place."""
         self._pool: WarmPool | None = None
         self._sandbox_lock = anyio.Lock()
         self._busy = 0
@@ -82,7 +87,7 @@ class SandboxHost:
                 if adopted:
                     log.info("re-attached %d run(s): %s", len(adopted), ", ".join(adopted))
         try:
-            await anyio.to_thread.run_sync(lambda: reap(self.runtime, self.state))
+            await anyio.to_thread.run_sync(self._reap)
         except AdSandboxError as exc:  # Docker down: runs will say so, with a record each
             log.info("start-up reap skipped: %s", exc.one_line())
         tg.start_soon(self._housekeeping)
@@ -99,18 +104,19 @@ class SandboxHost:
         async with self._sandbox_lock:
             if self._gateway is not None:
                 return
-            network = await anyio.to_thread.run_sync(
-                lambda: self.runtime.ensure_network(AGENTS_NETWORK, internal=True,
-                                                    labels=MANAGED)
-            )
+            network = await anyio.to_thread.run_sync(lambda: ensure_agents_network(self.runtime))
             if self.gateway_host is not None:
                 network = replace(network, gateway_ip=self.gateway_host)
+            else:  # the gateway listens on the agents network: only it may answer there
+                await anyio.to_thread.run_sync(lambda: guard_network(network, self.config))
+                self._guarded = network
             gateway = Gateway(
                 self.config, self.state, network,
                 run_budget=self._run_budget, on_budget_refused=self._budget_refused,
             )
             await anyio.to_thread.run_sync(gateway.start)
-            self._pool = WarmPool(runtime=self.runtime, state=self.state, network=network.name)
+            self._pool = WarmPool(runtime=self.runtime, state=self.state, network=network.name,
+                                  scope=self.scope)
             self._gateway = gateway
 
     async def close(self, *, wait_for_runs: bool = True) -> None:
@@ -139,9 +145,25 @@ class SandboxHost:
                 for lease in self.state.containers(state="warm"):
                     if lease.owner_pid == self.pid:
                         self.state.renew_lease(lease.container_id, 3600)
-                await anyio.to_thread.run_sync(lambda: reap(self.runtime, self.state))
+                await anyio.to_thread.run_sync(self._reap)
+                if self._guarded is not None:
+                    await anyio.to_thread.run_sync(self._reguard)
             except Exception:  # housekeeping must never take the server down
                 log.exception("housekeeping pass failed")
+
+    def _reap(self) -> list[str]:
+        """A reaper pass over this config's containers only."""
+        return reap(self.runtime, self.state, scope=self.scope)
+
+    def _reguard(self) -> None:
+        """Re-assert the host firewall (a firewall reload drops it) for the network as it is
+        now: rules for an address another process's network replaced would cut all off."""
+        network = ensure_agents_network(self.runtime)
+        if self._guarded is not None and network.gateway_ip != self._guarded.gateway_ip:
+            log.warning("the agents network now has gateway %s, not %s: this process's "
+                        "gateway is unreachable until it restarts", network.gateway_ip,
+                        self._guarded.gateway_ip)
+        guard_network(network, self.config)
 
     async def fill_pools(self) -> None:
         config = self.config
@@ -154,7 +176,7 @@ class SandboxHost:
         await self.ensure_sandbox()
         assert self._pool is not None
         try:
-            owner = directory_owner(name, agent)
+            owner = directory_owner(name, agent, self.state)
         except UsageError as exc:
             log.warning("no warm pool for %s: %s", name, exc.one_line())
             return []

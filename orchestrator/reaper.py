@@ -2,6 +2,11 @@
 
 A labelled container goes when its run has finished, its lease has expired, or the process
 that owns it is gone. Runs whose owner process died are ended with a truthful record.
+
+A pass looks only at its own config's containers (label ``ad-sandbox.config``): another
+config's owner pid may live in another pid namespace, or its server may be about to restart
+and re-attach, so "owner gone" seen from here must never kill another config's run. Only
+an explicit ``--all`` (``scope=None``) reaps every config's leftovers.
 """
 
 from __future__ import annotations
@@ -11,8 +16,8 @@ import time
 from collections.abc import Callable
 
 from orchestrator.errors import AdSandboxError, RunNotFound
-from orchestrator.runtime.base import ContainerState, Runtime
-from orchestrator.sandbox import LABEL_LEASE, LABEL_OWNER, LABEL_RUN
+from orchestrator.runtime.base import WORKSPACE_VOLUME_LABEL, ContainerState, Runtime
+from orchestrator.sandbox import LABEL_CONFIG, LABEL_LEASE, LABEL_OWNER, LABEL_RUN
 from orchestrator.state import StateStore, pid_alive
 
 log = logging.getLogger(__name__)
@@ -22,15 +27,18 @@ def reap(
     runtime: Runtime,
     state: StateStore,
     *,
+    scope: str | None,
     now: float | None = None,
     alive: Callable[[int], bool] = pid_alive,
 ) -> list[str]:
-    """One pass; returns the ids of the containers removed."""
+    """One pass over config ``scope``'s containers (None: every config's); returns the ids
+    of the containers removed."""
     now = time.time() if now is None else now
     _end_orphaned_runs(state, now, alive)
     leases = {lease.container_id: lease for lease in state.containers()}
     removed: list[str] = []
-    for container in runtime.list_managed():
+    mine = None if scope is None else {LABEL_CONFIG: scope}
+    for container in runtime.list_managed(mine):
         why = _why_remove(container, leases.get(container.id), state, now, alive)
         if why is None:
             continue
@@ -42,11 +50,23 @@ def reap(
             continue
         state.remove_container(container.id)
         removed.append(container.id)
-    present = {c.id for c in runtime.list_managed()}
+    present = {c.id for c in runtime.list_managed()}  # every config's: their leases stay
     for container_id in leases:
         if container_id not in present:
             state.remove_container(container_id)
+    _prune_workspace_volumes(runtime)
     return removed
+
+
+def _prune_workspace_volumes(runtime: Runtime) -> None:
+    """The project-mount volumes of containers removed without their volumes."""
+    try:
+        pruned = runtime.prune_volumes({WORKSPACE_VOLUME_LABEL: "1"})
+    except AdSandboxError as exc:
+        log.warning("reaper: could not remove unused workspace volumes: %s", exc)
+        return
+    for name in pruned:
+        log.info("reaper: removed unused workspace volume %s", name[:12])
 
 
 def _why_remove(

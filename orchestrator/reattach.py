@@ -19,8 +19,9 @@ from orchestrator.errors import AdSandboxError
 from orchestrator.gateway.tokens import TokenInfo
 from orchestrator.live import LiveRun
 from orchestrator.models import RunRecord, RunRequest
-from orchestrator.runner import FOLLOW_SCRIPT, conclude, watch
-from orchestrator.sandbox import directory_owner, read_secrets
+from orchestrator.privilege import scrub_after_run
+from orchestrator.runner import FOLLOW_SCRIPT, conclude, scrub_run, watch
+from orchestrator.sandbox import LABEL_CONFIG, agent_image, directory_owner, read_secrets
 from orchestrator.state import pid_alive
 
 if TYPE_CHECKING:
@@ -54,6 +55,8 @@ async def adopt_orphans(dispatcher: SandboxHost) -> list[str]:
         status = await anyio.to_thread.run_sync(dispatcher.runtime.inspect, record.container_id)
         if status is None or not status.running:
             continue  # the reaper ends it: its container is gone
+        if status.labels.get(LABEL_CONFIG) != dispatcher.scope:
+            continue  # another config's run (a shared state dir): its own server adopts it
         try:
             _adopt(dispatcher, record)
         except AdSandboxError as exc:
@@ -103,12 +106,16 @@ def _adopt(dispatcher: SandboxHost, record: RunRecord) -> None:
                                   user=owner.user, timeout=remaining, secrets=secrets)
             request = RunRequest(agent=record.agent, task=record.task or "-",
                                  response_format=record.response_format)
+            await scrub_run(dispatcher.run_env(), live,
+                            record.image or agent_image(config, agent), owner,
+                            record.container_id, secrets)
             conclude(dispatcher.run_env(), live, request, outcome, secrets)
         finally:
             with anyio.CancelScope(shield=True):
                 gateway.tokens.revoke_digest(record.token_digest)
                 state.release_slot(record.run_id)
                 await dispatcher.release_container(record.container_id)
+                await scrub_after_run(record.agent, agent.path, mount=agent.mount)
                 dispatcher.untrack(live)
 
     dispatcher.spawn(follow)

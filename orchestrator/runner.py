@@ -17,14 +17,17 @@ from typing import Any
 
 import anyio
 
-from orchestrator import claude
-from orchestrator.config import Agent, Config
+from orchestrator import claude, crosscheck, transcripts
+from orchestrator.config import Agent, Config, LogSettings
 from orchestrator.errors import AdSandboxError
 from orchestrator.gateway.tokens import RunTokens, TokenInfo, token_digest
 from orchestrator.live import LiveRun
 from orchestrator.models import ClaudeResult, ErrorType, ExitReason, RunRecord, RunRequest
 from orchestrator.paths import state_dir
 from orchestrator.pool import WarmPool
+from orchestrator.privilege import scrub_after_run
+from orchestrator.redaction import redact, redactor
+from orchestrator.runlog import CappedLog
 from orchestrator.runtime.base import ExecResult, Runtime
 from orchestrator.sandbox import (
     CONFIG_DIR,
@@ -35,7 +38,6 @@ from orchestrator.sandbox import (
     agent_image,
     directory_owner,
     read_secrets,
-    redact,
 )
 from orchestrator.state import StateStore
 
@@ -71,8 +73,9 @@ def run_log_path(run_id: str) -> Path:
 class RunLog:
     """Appends a run's output, redacted; tolerates the abandoned exec thread of a killed run."""
 
-    def __init__(self, path: Path, secrets: dict[str, bytes]) -> None:
-        self._file = path.open("a", encoding="utf-8")
+    def __init__(self, path: Path, secrets: dict[str, bytes],
+                 max_bytes: int = LogSettings().max_bytes) -> None:
+        self._file = CappedLog(path, max_bytes)  # the agent decides how much it prints
         self._secrets = secrets
         self._lock = threading.Lock()
 
@@ -96,7 +99,7 @@ async def execute(env: RunEnv, request: RunRequest, live: LiveRun) -> RunRecord:
     record = live.record
     agent = env.config.agent(request.agent)
     try:
-        owner = directory_owner(request.agent, agent)
+        owner = directory_owner(request.agent, agent, env.state)
         secrets = read_secrets(request.agent, agent)
     except AdSandboxError as exc:
         return _finish_error(env, live, exc, exit_reason="crashed")
@@ -113,6 +116,7 @@ async def execute(env: RunEnv, request: RunRequest, live: LiveRun) -> RunRecord:
         )
     )
     container_id: str | None = None
+    scrubbed = not secrets
     try:
         with live.lock:
             live.state = "starting"
@@ -127,6 +131,10 @@ async def execute(env: RunEnv, request: RunRequest, live: LiveRun) -> RunRecord:
                              image=image, started_at=time.time())
         outcome = await _run_claude(env, request, agent, owner, secrets, container_id, token,
                                     timeout, live)
+        # The transcripts lose their secrets before the run counts as finished (a reaper
+        # removes a finished run's container), while its container still runs.
+        scrubbed = scrubbed or await scrub_run(env, live, image, owner, container_id, secrets,
+                                               helper_allowed=False)
         # Recorded and answered first; the container is removed after (the caller does
         # not wait for that; the process does, before it exits).
         return conclude(env, live, request, outcome, secrets)
@@ -136,9 +144,25 @@ async def execute(env: RunEnv, request: RunRequest, live: LiveRun) -> RunRecord:
         return _finish_error(env, live, exc, exit_reason="crashed", container_id=container_id)
     finally:
         env.gateway.tokens.revoke(token)
+        if not live.abandoned:  # a hold whose answer never began streaming is let go here
+            env.state.release_holds(live.run_id)
         if container_id is not None and not live.abandoned:
             with anyio.CancelScope(shield=True):
                 await env.pool.release(container_id)
+                if not scrubbed:  # killed (timeout, cancel, OOM): a throwaway container does it
+                    await scrub_run(env, live, image, owner, None, secrets)
+                await scrub_after_run(request.agent, agent.path, mount=agent.mount)
+
+
+async def scrub_run(env: RunEnv, live: LiveRun, image: str, owner: Owner,
+                    container_id: str | None, secrets: dict[str, bytes], *,
+                    helper_allowed: bool = True) -> bool:
+    """Secrets out of the run's session files on the volume; see :mod:`transcripts`."""
+    return await transcripts.scrub_session(
+        env.runtime, container_id=container_id, scope=env.pool.scope,
+        agent_name=live.record.agent, image=image, owner=owner,
+        session_id=env.state.get_run(live.run_id).session_id, secrets=secrets,
+        helper_allowed=helper_allowed)
 
 
 @dataclass
@@ -147,6 +171,7 @@ class _ExecOutcome:
     exit_code: int | None
     result: ClaudeResult | None
     stderr: str
+    result_events: int = 0
 
 
 async def _run_claude(
@@ -237,8 +262,10 @@ async def watch(
     """Exec ``argv`` (claude, or a follower of it) to its end or the deadline; say how it ended."""
     runtime = env.runtime
     parser = claude.StreamParser()
+    parser.clean = redactor(secrets)  # before an action is cut short, a cut secret escapes
     stderr: list[str] = []
-    log_file = RunLog(run_log_path(live.run_id), secrets)
+    log_file = RunLog(run_log_path(live.run_id), secrets,
+                      max_bytes=env.config.settings.logs.max_bytes)
 
     persisted = [""]
 
@@ -246,18 +273,21 @@ async def watch(
         log_file.write(line.rstrip("\n") + "\n")
         if parser.feed(line) is None:
             return
+        action = parser.last_action  # redacted: shown by ps, progress, the record
         with live.lock:
-            live.last_action = parser.last_action
+            live.last_action = action
             live.input_tokens = parser.input_tokens
             live.output_tokens = parser.output_tokens
             live.cost_usd = max(live.cost_usd, parser.cost_usd)
         live.poke()
-        if parser.last_action != persisted[0]:  # for other processes' eyes (ps, status)
-            persisted[0] = parser.last_action
-            env.state.update_run(live.run_id, last_action=parser.last_action)
+        if action != persisted[0]:  # for other processes' eyes (ps, status)
+            persisted[0] = action
+            env.state.update_run(live.run_id, last_action=action)
 
     def on_stderr(text: str) -> None:
         stderr.append(text)
+        if len(stderr) > 32:  # only the end is used; the agent decides how much it prints
+            stderr[:] = ["".join(stderr)[-4000:]]
         log_file.write(text)
 
     def run_exec() -> ExecResult:
@@ -309,7 +339,8 @@ async def watch(
         reason = "completed"
     else:
         reason = "crashed"
-    return _ExecOutcome(reason, exit_code, result, "".join(stderr)[-4000:])
+    return _ExecOutcome(reason, exit_code, result, "".join(stderr)[-4000:],
+                        result_events=parser.result_count)
 
 
 _REASON_ERRORS: dict[ExitReason, tuple[ErrorType, str]] = {
@@ -331,6 +362,12 @@ def conclude(
     secrets: dict[str, bytes],
 ) -> RunRecord:
     result = outcome.result
+    if outcome.reason == "completed" and result is not None and not result.is_error:
+        forged = crosscheck.check_run(env.state, live.run_id, result,
+                                      result_events=outcome.result_events,
+                                      exit_code=outcome.exit_code)
+        if forged is not None:
+            return _forged_result(env, live, redact(forged, secrets))
     text = redact(result.result if result else "", secrets)
     fields: dict[str, Any] = {
         "status": "finished",
@@ -373,6 +410,23 @@ def conclude(
             secrets,
         )[:2000]
     return _store_end(env, live, fields)
+
+
+def _forged_result(env: RunEnv, live: LiveRun, mismatch: str) -> RunRecord:
+    """The end of a run whose claimed result the model never gave: crashed, no result."""
+    log.warning("run %s: result rejected: %s", live.run_id, mismatch)
+    return _store_end(env, live, {
+        "status": "finished",
+        "exit_reason": "crashed",
+        "finished_at": time.time(),
+        "success": False,
+        "result": "",
+        "last_action": live.last_action,
+        "cost_usd": env.state.spent_run(live.run_id),
+        "error_type": "sandbox",
+        "error": f"run crashed: result rejected: {mismatch}"[:2000],
+        "hint": crosscheck.FORGED_HINT.format(mismatch=mismatch[:500], run_id=live.run_id),
+    })
 
 
 def _finish_error(

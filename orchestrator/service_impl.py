@@ -16,6 +16,7 @@ import anyio
 from orchestrator import catalog, fanout
 from orchestrator.config import Agent, Config
 from orchestrator.configfile import update_config
+from orchestrator.dirpin import forget_directory, pin_directory
 from orchestrator.dispatch import Dispatcher, open_dispatcher
 from orchestrator.errors import AdSandboxError, UsageError
 from orchestrator.gateway.lifecycle import DAY_S
@@ -130,7 +131,8 @@ class Service:
     async def gc(self) -> int:
         removed = self.state.gc_runs(GC_AFTER_S)
         with suppress(AdSandboxError):  # records are cleaned even while the engine is away
-            await anyio.to_thread.run_sync(lambda: reap(self.dispatcher.runtime, self.state))
+            await anyio.to_thread.run_sync(
+                lambda: reap(self.dispatcher.runtime, self.state, scope=self.dispatcher.scope))
         return removed
 
     # ---- agents and groups --------------------------------------------------------------
@@ -161,7 +163,9 @@ class Service:
                                                              from_mcp=True)
             return catalog.with_agent(config, name, changes)
 
-        return catalog.agent_info(await anyio.to_thread.run_sync(update_config, apply), name)
+        config = await anyio.to_thread.run_sync(update_config, apply)
+        pin_directory(self.state, name, config.agents[name])
+        return catalog.agent_info(config, name)
 
     async def update_agent(self, name: str, args: AgentArgs) -> AgentInfo:
         changes = args.changes()
@@ -174,11 +178,15 @@ class Service:
             return catalog.with_agent(
                 config, name, {**current.model_dump(mode="json", exclude_unset=True), **changes})
 
-        return catalog.agent_info(await anyio.to_thread.run_sync(update_config, apply), name)
+        config = await anyio.to_thread.run_sync(update_config, apply)
+        if "directory" in changes:
+            pin_directory(self.state, name, config.agents[name])
+        return catalog.agent_info(config, name)
 
     async def remove_agent(self, name: str) -> None:
         await anyio.to_thread.run_sync(
             update_config, lambda config: catalog.without_agent(config, name)[0])
+        forget_directory(self.state, name)
 
     # ---- cache and sandbox ----------------------------------------------------------------
 

@@ -47,6 +47,9 @@ ensure_venv() {
 ensure_tools() {
     local missing=()
     command -v dockerd >/dev/null 2>&1 || missing+=(docker.io)
+    # The host firewall that keeps agents gateway-only (docker.io depends on it; be explicit).
+    [ -x /usr/sbin/iptables-restore ] || command -v iptables-restore >/dev/null 2>&1 \
+        || missing+=(iptables)
     command -v mmdebstrap >/dev/null 2>&1 || missing+=(mmdebstrap)
     [ "${#missing[@]}" -eq 0 ] || apt_install "${missing[@]}"
     # npm only stages the claude binary on the host; recommends would pull a compiler.

@@ -13,10 +13,12 @@ from typing import Any, Literal
 from orchestrator.claude.prompt import DISPATCH_PROTOCOL
 from orchestrator.config import Agent
 from orchestrator.errors import ConfigError
+from orchestrator.safefs import RefusedPath, read_file
 
 GATEWAY_SERVER = "ad-sandbox"
 """Name of the orchestrator's MCP server in the agent's ``--mcp-config``."""
 MCP_FILE = ".mcp.json"
+MCP_FILE_LIMIT = 1024 * 1024
 
 
 def system_prompt(agent: Agent) -> str:
@@ -106,11 +108,20 @@ def project_mcp_config(project_dir: Path) -> dict[str, Any] | None:
     """The project's ``.mcp.json`` (``{"mcpServers": {...}}``), or None when it has none."""
     path = project_dir / MCP_FILE
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return None
+        # Never followed: the agent could make it a symlink to any host file and read that
+        # back in the --mcp-config the host writes into its container.
+        raw = read_file(project_dir, MCP_FILE, limit=MCP_FILE_LIMIT)
+    except RefusedPath as exc:
+        raise ConfigError(
+            f"{path} {exc.reason}; a project's files are read without following symlinks",
+            hint=f"Make {path} a regular file of at most {MCP_FILE_LIMIT} bytes, or remove it.",
+            path=str(path),
+        ) from None
     except OSError as exc:
         raise ConfigError(f"cannot read {path}: {exc.strerror}", path=str(path)) from exc
+    if raw is None:
+        return None
+    text = raw.decode("utf-8", errors="replace")
     try:
         data = json.loads(text)
     except ValueError as exc:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -94,15 +95,19 @@ def _one_line(text: str, limit: int = ACTION_CHARS) -> str:
     return flat if len(flat) <= limit else flat[: limit - 1] + "…"
 
 
-def describe_tool_use(name: str, tool_input: Any) -> str:
+def _same(text: str) -> str:
+    return text
+
+
+def describe_tool_use(name: str, tool_input: Any, clean: Callable[[str], str] = _same) -> str:
     """``"Bash: ls -la"``, ``"Read: src/app.py"``: a tool call as one short line."""
     if isinstance(tool_input, dict):
         for key in _ACTION_KEYS:
             value = tool_input.get(key)
             if isinstance(value, str) and value.strip():
-                return _one_line(f"{name}: {value}")
+                return _one_line(clean(f"{name}: {value}"))
         if tool_input:
-            return _one_line(f"{name}: {json.dumps(tool_input, sort_keys=True)}")
+            return _one_line(clean(f"{name}: {json.dumps(tool_input, sort_keys=True)}"))
     return _one_line(name)
 
 
@@ -129,6 +134,8 @@ class StreamParser:
     def __init__(self) -> None:
         self.last_action = ""
         self.last_text = ""
+        self.clean: Callable[[str], str] = _same
+        """Applied to an action's whole text before it is cut short (secret redaction)."""
         self.input_tokens = 0
         self.output_tokens = 0
         self.cost_usd = 0.0
@@ -136,6 +143,8 @@ class StreamParser:
         self.model: str | None = None
         self._result: ClaudeResult | None = None
         self._message_id: str | None = None
+        self.result_count = 0
+        """``result`` lines seen: claude prints one; more means someone else wrote too."""
 
     def feed(self, line: str) -> StreamEvent | None:
         """Take one line; return its event, or None for blank, garbage and partial-message lines."""
@@ -155,6 +164,7 @@ class StreamParser:
         elif kind == "user":
             self._message_id = None  # a tool result ends the model's message
         elif kind == "result":
+            self.result_count += 1
             self._result = result_from_object(obj)
             self.input_tokens = self._result.input_tokens
             self.output_tokens = self._result.output_tokens
@@ -181,10 +191,11 @@ class StreamParser:
             if not isinstance(block, dict):
                 continue
             if block.get("type") == "tool_use":
-                action = describe_tool_use(str(block.get("name") or "tool"), block.get("input"))
+                action = describe_tool_use(str(block.get("name") or "tool"), block.get("input"),
+                                           self.clean)
             elif block.get("type") == "text" and str(block.get("text") or "").strip():
                 self.last_text = str(block["text"])
-                action = _one_line(f"text: {self.last_text}")
+                action = _one_line(self.clean(f"text: {self.last_text}"))
         return action
 
     def result(self) -> ClaudeResult | None:

@@ -13,7 +13,9 @@ from orchestrator.catalog import resolve_directory, with_agent, without_agent
 from orchestrator.cli.app import app, handles_errors, out
 from orchestrator.config import NAME_PATTERN, Agent, Config
 from orchestrator.configfile import load_config, update_config
+from orchestrator.dirpin import forget_directory, nested_agents, pin_directory
 from orchestrator.errors import UsageError
+from orchestrator.state import StateStore
 
 Description = Annotated[str | None, typer.Option(help="What the agent knows; shown to callers.")]
 Model = Annotated[str | None, typer.Option(help="Model alias or id, e.g. sonnet.")]
@@ -51,11 +53,17 @@ DispatchTo = Annotated[
     typer.Option("--dispatch-to", help="Agent this one may call; * for all (repeatable)."),
 ]
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+UserOpt = Annotated[
+    str | None,
+    typer.Option("--user", help="UID[:GID] the agent runs as (never 0); default: the "
+                 "directory's owner, or 65532 where that is root."),
+]
 
 
 def check_name(name: str, what: str = "agent") -> None:
     """Raise :class:`UsageError` unless ``name`` can become a container name."""
-    if not re.match(NAME_PATTERN, name):
+    # fullmatch: with re.match, `$` also matches before a trailing newline.
+    if not re.fullmatch(NAME_PATTERN, name):
         raise UsageError(
             f"{what} name {name!r} is not valid: use letters, digits, '-' and '_', "
             "starting with a letter or digit, at most 63 characters",
@@ -124,6 +132,7 @@ def add(
     allow_host: AllowHosts = None,
     secret: Secrets = None,
     dispatch_to: DispatchTo = None,
+    user: UserOpt = None,
 ) -> None:
     """Register an agent: a project directory Claude Code runs in, in its own container."""
     check_name(name)
@@ -133,6 +142,7 @@ def add(
         disallowed_tools=disallowed_tool, capabilities=capability, instructions=instructions,
         mount=mount, image=image, cpus=cpus, memory=memory, pids=pids, tmp_size=tmp_size,
         egress=egress, allow_hosts=allow_host, secrets=secret, dispatch_to=dispatch_to,
+        user=user,
     )  # fmt: skip
 
     def apply(config: Config) -> Config:
@@ -144,6 +154,7 @@ def add(
         return with_agent(config, name, {"directory": _directory(directory, config), **changes})
 
     config = update_config(apply)
+    _pin_and_warn(config, name)
     out(f"added agent {name} ({config.agents[name].directory})")
 
 
@@ -171,6 +182,7 @@ def update(
     allow_host: AllowHosts = None,
     secret: Secrets = None,
     dispatch_to: DispatchTo = None,
+    user: UserOpt = None,
 ) -> None:
     """Change only the given fields of an agent (a repeatable option replaces its list)."""
     changes = _changes(
@@ -179,6 +191,7 @@ def update(
         disallowed_tools=disallowed_tool, capabilities=capability, instructions=instructions,
         mount=mount, image=image, cpus=cpus, memory=memory, pids=pids, tmp_size=tmp_size,
         egress=egress, allow_hosts=allow_host, secrets=secret, dispatch_to=dispatch_to,
+        user=user,
     )  # fmt: skip
 
     def apply(config: Config) -> Config:
@@ -195,7 +208,9 @@ def update(
             "nothing to update: no option given",
             hint=f"See `ad-sandbox update --help`; e.g. `ad-sandbox update {name} --timeout 600`.",
         )
-    update_config(apply)
+    config = update_config(apply)
+    if directory is not None:
+        _pin_and_warn(config, name)
     out(f"updated agent {name}")
 
 
@@ -211,7 +226,18 @@ def remove(name: Annotated[str, typer.Argument(help="Agent name.")]) -> None:
         return updated
 
     update_config(apply)
+    with StateStore() as state:
+        forget_directory(state, name)
     out(f"removed agent {name}" + (f" (also from {', '.join(dropped)})" if dropped else ""))
+
+
+def _pin_and_warn(config: Config, name: str) -> None:
+    """Pin the agent's directory as it is now (every run checks it is still that one), and
+    warn when it lies inside another agent's directory or holds one."""
+    with StateStore() as state:
+        pin_directory(state, name, config.agents[name])
+    for nesting in nested_agents(config, only=name):
+        typer.echo(f"warning: {nesting.warning()}", err=True)
 
 
 def health(agent: Agent) -> str:

@@ -11,6 +11,7 @@ from typing import Annotated, ParamSpec, TypeVar
 import typer
 
 from orchestrator.errors import AdSandboxError
+from orchestrator.textinput import check_arguments
 
 app = typer.Typer(
     name="ad-sandbox",
@@ -47,11 +48,15 @@ def fail(message: str, code: int = 2) -> typer.Exit:
 
 
 def handles_errors(func: Callable[P, R]) -> Callable[P, R]:
-    """Turn an :class:`AdSandboxError` into a one-line stderr message and its exit code."""
+    """Turn an :class:`AdSandboxError` into a one-line stderr message and its exit code.
+
+    Text arguments that are not UTF-8 are refused here, before the command acts.
+    """
 
     @wraps(func)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
+            check_arguments(kwargs)
             return func(*args, **kwargs)
         except AdSandboxError as exc:
             raise fail(exc.one_line(), exc.exit_code) from None

@@ -15,8 +15,10 @@ from orchestrator.cli.app import app, out
 from orchestrator.cli.setup import SERVER_NAME
 from orchestrator.config import Config
 from orchestrator.configfile import load_config
+from orchestrator.dirpin import nested_agents, pin_problem
 from orchestrator.errors import AdSandboxError, ConfigError
-from orchestrator.paths import config_path
+from orchestrator.paths import config_path, state_dir
+from orchestrator.state import StateStore
 
 Status = Literal["ok", "warn", "fail"]
 CLAUDE_TIMEOUT = 20.0
@@ -92,6 +94,59 @@ def check_agents(config: Config) -> list[Check]:
     return checks
 
 
+def check_directories(config: Config) -> list[Check]:
+    """Agent directories swapped since they were registered (fail) and agent directories
+    inside other agents' directories (warn: the outer agent can tamper with the inner)."""
+    checks: list[Check] = []
+    if (state_dir() / "state.db").exists():  # no pins yet otherwise; doctor creates nothing
+        with StateStore() as state:
+            for name, agent in sorted(config.agents.items()):
+                problem = pin_problem(state, name, agent)
+                if problem is not None:
+                    checks.append(Check(f"agent {name}", "fail", problem, 2))
+    checks += [Check(f"agent {n.inner}", "warn", n.warning()) for n in nested_agents(config)]
+    return checks
+
+
+def check_isolation() -> Check:
+    """Whether the engine maps container users away from the host's (userns-remap, rootless).
+
+    Without it the run's uid inside is the same uid on the host: the project's owner, or an
+    unprivileged id where that is root. A warning, since the sandbox never runs as root.
+    """
+    from orchestrator.runtime import engine
+
+    try:
+        options = engine.security_options()
+    except AdSandboxError as exc:
+        return Check("user namespaces", "warn", f"not checked: {exc.one_line()}")
+    names = {o.split(",")[0].removeprefix("name=") for o in options}
+    if "rootless" in names:
+        return Check("user namespaces", "ok", "rootless engine: container ids are not host ids")
+    if "userns" in names:
+        return Check("user namespaces", "ok", "userns-remap on: container ids are not host ids")
+    return Check("user namespaces", "warn",
+                 "off: a run's uid is the same uid on the host — turn on userns-remap "
+                 "(dockerd --userns-remap=default) or use rootless Docker")
+
+
+def check_firewall(config: Config | None) -> Check:
+    """Whether the host rules that keep runs gateway-only are in place (runs install them)."""
+    from orchestrator.runtime import firewall
+
+    if config is not None and config.settings.host_firewall == "off":
+        return Check("host firewall", "warn", "off (settings.host_firewall): every host "
+                     "service on the agents network's addresses answers the agents")
+    status = firewall.firewall_status()
+    if status.in_place:
+        return Check("host firewall", "ok", status.detail)
+    if not status.installable:
+        return Check("host firewall", "fail", f"{status.detail}: runs refuse to start — "
+                     f"{firewall.OPT_OUT_HINT}", 4)
+    return Check("host firewall", "warn", f"not in place ({status.detail}); the next run "
+                 "installs it")
+
+
 def check_registration() -> Check:
     claude = shutil.which("claude")
     if claude is None:
@@ -113,13 +168,17 @@ def check_registration() -> Check:
 
 
 def run_checks() -> list[Check]:
-    """All checks, in order: config, engine, images, agent directories, registration."""
+    """All checks, in order: config, engine, images, agent directories, registration,
+    user namespaces, host firewall."""
     config_check, config = check_config()
     engine_check = check_engine()
     checks = [config_check, engine_check, *check_images(config, engine_check.status == "ok")]
     if config is not None:
-        checks += check_agents(config)
+        checks += check_agents(config) + check_directories(config)
     checks.append(check_registration())
+    if engine_check.status == "ok":
+        checks.append(check_isolation())
+    checks.append(check_firewall(config))
     return checks
 
 

@@ -13,6 +13,7 @@ from orchestrator.cli.app import app, handles_errors, out
 from orchestrator.dispatch import open_dispatcher
 from orchestrator.gateway.lifecycle import DAY_S
 from orchestrator.models import RunRecord
+from orchestrator.reaper import reap
 from orchestrator.service_impl import GC_AFTER_S
 from orchestrator.state import StateStore
 
@@ -91,11 +92,19 @@ def cancel(run_id: Annotated[str, typer.Argument(help="A run id or a unique pref
 def gc(
     older_than_days: Annotated[float, typer.Option(min=0, help="Keep newer records.")] = (
         GC_AFTER_S / DAY_S),
+    every: Annotated[bool, typer.Option(
+        "--all", help="Reap every config's leftover containers, not only this config's.")
+    ] = False,
 ) -> None:
     """Remove finished run records past retention and reap leftover containers."""
 
     async def main() -> int:
+        # Opening the dispatcher reaps this config's leftovers; --all widens that once.
         async with open_dispatcher() as dispatcher:
+            if every:
+                removed = await anyio.to_thread.run_sync(
+                    lambda: reap(dispatcher.runtime, dispatcher.state, scope=None))
+                out(f"reaped {len(removed)} container(s) of every config")
             return dispatcher.state.gc_runs(older_than_days * DAY_S)
 
     out(f"removed {anyio.run(main)} run record(s)")

@@ -13,6 +13,7 @@ from orchestrator.cli.app import app, handles_errors, out
 from orchestrator.dispatch import open_dispatcher
 from orchestrator.models import RunRequest
 from orchestrator.results import DispatchResult, ProgressUpdate
+from orchestrator.textinput import read_task
 
 DEFAULT_TEST_TASK = "Describe this project in two sentences."
 
@@ -60,10 +61,6 @@ def print_result(result: DispatchResult, *, as_json: bool) -> None:
         out(result.result)
 
 
-def _read_task(task: str) -> str:
-    return sys.stdin.read() if task == "-" else task
-
-
 @app.command("run")
 @handles_errors
 def run(
@@ -82,7 +79,7 @@ def run(
     if response_format not in ("text", "json"):
         raise typer.BadParameter("must be text or json", param_hint="--response-format")
     request = RunRequest(
-        agent=agent, task=_read_task(task), context=context, goal=goal, timeout=timeout,
+        agent=agent, task=read_task(task), context=context, goal=goal, timeout=timeout,
         session_id=session, caller="cli", response_format=response_format,  # type: ignore[arg-type]
     )
     result = dispatch_once(request, show_progress=not quiet and not as_json)

@@ -11,11 +11,21 @@ import typer
 from orchestrator.cli.app import app, handles_errors, out
 from orchestrator.configfile import load_config
 from orchestrator.dispatch import open_dispatcher
-from orchestrator.errors import AgentNotFound, RunNotFound
+from orchestrator.errors import AdSandboxError, AgentNotFound, RunNotFound
+from orchestrator.netguard import ensure_agents_network, guard_network
+from orchestrator.paths import config_path
 from orchestrator.runner import run_log_path
+from orchestrator.runtime.base import Runtime
 from orchestrator.runtime.docker_runtime import DockerRuntime
 from orchestrator.runtime.images import ensure_images
-from orchestrator.sandbox import AGENTS_NETWORK, LABEL_AGENT, LABEL_RUN, MANAGED, volume_name
+from orchestrator.sandbox import (
+    AGENTS_NETWORK,
+    LABEL_AGENT,
+    LABEL_CONFIG,
+    LABEL_RUN,
+    config_identity,
+    volume_name,
+)
 from orchestrator.state import StateStore
 
 FOLLOW_POLL_S = 0.5
@@ -38,57 +48,88 @@ def up(
     built = ensure_images(progress=_progress)
     out(f"images: {'built ' + ', '.join(built) if built else 'present'}")
     runtime = DockerRuntime()
-    network = runtime.ensure_network(AGENTS_NETWORK, internal=True, labels=MANAGED)
-    out(f"network: {network.name} (internal, gateway {network.gateway_ip})")
+    network = ensure_agents_network(runtime)
+    status = guard_network(network, config)
+    guard = status.detail if status else "host firewall off (settings.host_firewall)"
+    out(f"network: {network.name} (internal, no inter-container traffic, gateway "
+        f"{network.gateway_ip}; {guard})")
     target = config.settings.pool.warm_per_agent
 
     async def fill() -> None:
         async with open_dispatcher(runtime=runtime) as dispatcher:
             for name in names:
                 agent = config.agents[name]
-                runtime.ensure_volume(volume_name(name), labels={**MANAGED, LABEL_AGENT: name})
                 made = await dispatcher.fill_pool(name, agent, target, detached=True)
-                out(f"agent {name}: volume {volume_name(name)}, "
+                out(f"agent {name}: volume {volume_name(dispatcher.scope, name)}, "
                     f"{len(made)} warm container(s) started (pool target {target})")
 
     anyio.run(fill)
+
+
+AllFlag = Annotated[bool, typer.Option(
+    "--all", help="Every config's objects, not only this config's (AD_SANDBOX_CONFIG).")]
+
+
+def _scope_filter(every: bool) -> dict[str, str]:
+    """The label filter selecting this config's objects; empty with ``--all``."""
+    return {} if every else {LABEL_CONFIG: config_identity(config_path())}
 
 
 @app.command("down")
 @handles_errors
 def down(
     volumes: Annotated[bool, typer.Option("--volumes", help="Also remove agent volumes.")] = False,
+    every: AllFlag = False,
 ) -> None:
-    """Remove every ad-sandbox container and the agents network."""
+    """Remove this config's containers (and volumes); the agents network once unused."""
     runtime = DockerRuntime()
-    containers = runtime.list_managed()
+    mine = _scope_filter(every)
+    containers = runtime.list_managed(mine)
     for container in containers:
         runtime.remove(container.id)
     with StateStore() as state:
-        for lease in state.containers():
-            state.remove_container(lease.container_id)
+        for container in containers:
+            state.remove_container(container.id)
     out(f"removed {len(containers)} container(s)")
-    runtime.remove_network(AGENTS_NETWORK)
-    out(f"removed network {AGENTS_NETWORK}")
+    _remove_network(runtime)
     if volumes:
-        for name in load_config().agents:
-            runtime.remove_volume(volume_name(name))
-            out(f"removed volume {volume_name(name)}")
+        for name in runtime.list_volumes(mine):
+            try:
+                runtime.remove_volume(name)
+            except AdSandboxError as exc:
+                out(f"kept volume {name}: {exc.one_line()}")
+            else:
+                out(f"removed volume {name}")
+
+
+def _remove_network(runtime: Runtime) -> None:
+    """The network is shared by every config: removed only when no container is left."""
+    if runtime.list_managed():
+        out(f"kept network {AGENTS_NETWORK} (other configs' containers use it)")
+        return
+    try:
+        runtime.remove_network(AGENTS_NETWORK)
+    except AdSandboxError as exc:
+        out(f"kept network {AGENTS_NETWORK}: {exc.one_line()}")
+    else:
+        out(f"removed network {AGENTS_NETWORK}")
 
 
 @app.command("ps")
 @handles_errors
-def ps() -> None:
-    """Containers and running runs."""
+def ps(every: AllFlag = False) -> None:
+    """This config's containers (every config's with --all) and the unfinished runs."""
     runtime = DockerRuntime()
     now = time.time()
     with StateStore() as state:
         leases = {lease.container_id: lease for lease in state.containers()}
-        out(f"{'CONTAINER':14}{'AGENT':16}{'STATE':10}{'RUN':18}STATUS")
-        for container in runtime.list_managed():
+        config_column = f"{'CONFIG':14}" if every else ""
+        out(f"{'CONTAINER':14}{config_column}{'AGENT':16}{'STATE':10}{'RUN':18}STATUS")
+        for container in runtime.list_managed(_scope_filter(every)):
             lease = leases.get(container.id)
             run = (lease.run_id if lease else None) or container.labels.get(LABEL_RUN) or "-"
-            out(f"{container.id[:12]:14}{container.labels.get(LABEL_AGENT, '?'):16}"
+            config = f"{container.labels.get(LABEL_CONFIG, '-'):14}" if every else ""
+            out(f"{container.id[:12]:14}{config}{container.labels.get(LABEL_AGENT, '?'):16}"
                 f"{lease.state if lease else '?':10}{run:18}{container.status}")
         running = [r for r in state.unfinished_runs()]
         out(f"\n{len(running)} run(s) not finished")

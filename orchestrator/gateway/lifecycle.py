@@ -1,7 +1,9 @@
 """This process's gateway: the relay on the agents network's gateway address, plus the stub.
 
-Budgets are checked against the shared ledger before every forwarded request, so they hold
-across containers and processes; usage is written to the ledger after every answer.
+Every forwarded request first holds its largest cost in the shared ledger (its
+``max_tokens`` cut to what the run's, root's and day's budgets can pay), so budgets hold
+across containers, processes and requests in flight; the metered usage replaces the hold
+after the answer, never booking more than was held.
 """
 
 from __future__ import annotations
@@ -14,10 +16,13 @@ from urllib.parse import urlsplit
 from starlette.applications import Starlette
 
 from orchestrator.config import Config
+from orchestrator.gateway.ledger_gate import LedgerGate
+from orchestrator.gateway.ports import listen_in_range
 from orchestrator.gateway.server import GatewayServer, create_gateway_app
 from orchestrator.gateway.tokens import RunTokens, TokenInfo, resolve_credential
 from orchestrator.runtime.base import NetworkInfo
-from orchestrator.state import StateStore
+from orchestrator.state import RelayedAnswer, StateStore
+from orchestrator.state.ledger import Limits
 from orchestrator.stubapi import StubServer
 
 log = logging.getLogger(__name__)
@@ -65,13 +70,13 @@ class Gateway:
             tokens=self.tokens,
             upstream=upstream,
             credential=credential,
-            on_usage=self._on_usage,
-            check_budget=self._check_budget,
+            budget=LedgerGate(self.state, limits=self._limits, on_refused=self._on_refused),
             prices=api.prices or None,
+            on_answer=self._on_answer,
         )
         self._app = app
         try:
-            self._server = GatewayServer(app, host=self.network.gateway_ip, port=0).start()
+            self._server = listen_in_range(app, self.network.gateway_ip)
         except BaseException:
             self.stop()
             raise
@@ -105,20 +110,10 @@ class Gateway:
             self._stub.stop()
             self._stub = None
 
-    def _on_usage(self, info: TokenInfo, model: str, input_tokens: int, output_tokens: int,
-                  usd: float) -> None:
-        self.state.add_cost(info.run_id, info.root_id, usd, input_tokens, output_tokens)
+    def _on_answer(self, info: TokenInfo, answer: RelayedAnswer) -> None:
+        self.state.record_answer(info.run_id, answer)
 
-    def _check_budget(self, info: TokenInfo) -> str | None:
+    def _limits(self, info: TokenInfo) -> Limits:
         budget = self.config.settings.budget
-        reason: str | None = None
-        run_limit = self._run_budget(info)
-        if (spent := self.state.spent_run(info.run_id)) >= run_limit:
-            reason = f"run budget ${run_limit:.2f} spent (${spent:.4f})"
-        elif (spent := self.state.spent_root(info.root_id)) >= budget.per_root:
-            reason = f"root budget ${budget.per_root:.2f} spent (${spent:.4f})"
-        elif (spent := self.state.spent_since(time.time() - DAY_S)) >= budget.daily:
-            reason = f"daily budget ${budget.daily:.2f} spent (${spent:.4f} in 24 h)"
-        if reason is not None:
-            self._on_refused(info, reason)
-        return reason
+        return Limits(run=self._run_budget(info), root=budget.per_root, daily=budget.daily,
+                      day_since=time.time() - DAY_S)

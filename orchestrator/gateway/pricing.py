@@ -20,6 +20,14 @@ DEFAULT_PRICES: Mapping[str, Price] = {
 FALLBACK_FAMILY = "sonnet"
 CACHE_READ_FACTOR = 0.1
 CACHE_WRITE_FACTOR = 1.25
+"""A 5-minute cache write; the default."""
+CACHE_WRITE_1H_FACTOR = 2.0
+"""A 1-hour cache write, the dearest input there is."""
+LONG_CONTEXT_TOKENS = 200_000
+LONG_CONTEXT_INPUT_FACTOR = 2.0
+LONG_CONTEXT_OUTPUT_FACTOR = 1.5
+"""A request that reads more than ``LONG_CONTEXT_TOKENS`` (a 1M-context model) is billed at
+these multiples of the model's input and output prices."""
 
 
 @dataclass(frozen=True)
@@ -30,6 +38,9 @@ class Usage:
     output_tokens: int = 0
     cache_creation_input_tokens: int = 0
     cache_read_input_tokens: int = 0
+    cache_creation_1h_input_tokens: int = 0
+    """The part of ``cache_creation_input_tokens`` written for an hour (``usage.cache_creation
+    .ephemeral_1h_input_tokens`` in the answer), billed at ``CACHE_WRITE_1H_FACTOR``."""
 
     @property
     def total_input(self) -> int:
@@ -62,9 +73,14 @@ class PriceTable:
     def cost(self, model: str, usage: Usage) -> float:
         """USD for ``usage`` on ``model``; cache reads and writes priced off the input price."""
         price_in, price_out = self.price(model)
+        if usage.total_input > LONG_CONTEXT_TOKENS:
+            price_in *= LONG_CONTEXT_INPUT_FACTOR
+            price_out *= LONG_CONTEXT_OUTPUT_FACTOR
+        hour = usage.cache_creation_1h_input_tokens
         weighted_input = (
             usage.input_tokens
-            + usage.cache_creation_input_tokens * CACHE_WRITE_FACTOR
+            + max(0, usage.cache_creation_input_tokens - hour) * CACHE_WRITE_FACTOR
+            + hour * CACHE_WRITE_1H_FACTOR
             + usage.cache_read_input_tokens * CACHE_READ_FACTOR
         )
         return (weighted_input * price_in + usage.output_tokens * price_out) / 1_000_000

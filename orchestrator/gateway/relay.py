@@ -1,15 +1,17 @@
 """The model relay: ``POST /v1/messages`` from a container, on to the real model API.
 
-It checks the run token, asks whether the run may still spend, swaps the token for the real
-credential, and streams the upstream answer back as it arrives (never buffered), reading the
-token usage out of it on the way. The credential is never logged nor sent back.
+It checks the run token, holds the request's largest cost against the budgets (cutting its
+``max_tokens`` to what they can pay, see :mod:`orchestrator.gateway.budget`), swaps the token
+for the real credential, and streams the upstream answer back as it arrives (never buffered),
+reading the token usage out of it on the way; then books that usage, at most the hold. The
+credential is never logged nor sent back.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any
 
 import anyio
@@ -18,8 +20,20 @@ import httpx
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
+from orchestrator.gateway.answers import SESSION_HEADER, AnswerTap
+from orchestrator.gateway.budget import (
+    MAX_BODY_BYTES,
+    BadBody,
+    BudgetGate,
+    Hold,
+    Spend,
+    ask_of,
+    capped_body,
+    parse_body,
+)
 from orchestrator.gateway.pricing import PriceTable, Usage
 from orchestrator.gateway.tokens import Credential, RunTokens, TokenInfo
+from orchestrator.state.answers import RelayedAnswer
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +61,8 @@ _MAX_METERED = 16 * 1024 * 1024  # bytes of one JSON answer or SSE event read fo
 
 OnUsage = Callable[[TokenInfo, str, int, int, float], None]
 CheckBudget = Callable[[TokenInfo], str | None]
+OnAnswer = Callable[[TokenInfo, RelayedAnswer], None]
+"""Called (from a worker thread) with each complete answer, before its last bytes go out."""
 
 
 def error_response(status: int, kind: str, message: str) -> JSONResponse:
@@ -73,6 +89,8 @@ class UsageMeter:
         self.json = not self.sse and "json" in content_type
         self.model: str | None = None
         self.seen = False
+        self.complete = False
+        """The answer's end was seen (``message_stop`` or the whole JSON message): usage final."""
         self._counts: dict[str, int] = {}
         self._buffer = b""
 
@@ -100,13 +118,16 @@ class UsageMeter:
             message = _loads(self._buffer)
             if isinstance(message, dict):
                 self._take(message.get("model"), message.get("usage"))
+                self.complete = isinstance(message.get("usage"), dict)
         elif self.sse and self._buffer.strip():
             self._read_event(self._buffer)
         self._buffer = b""
 
     def _read_event(self, event: bytes) -> None:
-        # Only message_start and message_delta carry usage; skip the many content deltas.
-        if b"message_start" not in event and b"message_delta" not in event:
+        # Only message_start and message_delta carry usage, message_stop the end; skip the
+        # many content deltas.
+        if not any(name in event for name in (b"message_start", b"message_delta",
+                                              b"message_stop")):
             return
         data = b"\n".join(
             line[5:].lstrip() for line in event.split(b"\n") if line.startswith(b"data:")
@@ -114,6 +135,8 @@ class UsageMeter:
         payload = _loads(data)
         if not isinstance(payload, dict):
             return
+        if payload.get("type") == "message_stop":
+            self.complete = True
         if payload.get("type") == "message_start" and isinstance(payload.get("message"), dict):
             message = payload["message"]
             self._take(message.get("model"), message.get("usage"))
@@ -131,6 +154,10 @@ class UsageMeter:
             value = usage.get(name)
             if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
                 self._counts[name] = value
+        creation = usage.get("cache_creation")
+        hour = creation.get("ephemeral_1h_input_tokens") if isinstance(creation, dict) else None
+        if isinstance(hour, int) and not isinstance(hour, bool) and hour >= 0:
+            self._counts["cache_creation_1h_input_tokens"] = hour
 
 
 def _loads(data: bytes) -> Any:
@@ -149,15 +176,15 @@ class Relay:
         tokens: RunTokens,
         upstream: str,
         credential: Credential | None,
-        on_usage: OnUsage,
-        check_budget: CheckBudget,
+        budget: BudgetGate,
         prices: PriceTable,
+        on_answer: OnAnswer | None = None,
     ) -> None:
         self.tokens = tokens
+        self._on_answer = on_answer
         self.upstream = upstream.rstrip("/")
         self._credential = credential
-        self._on_usage = on_usage
-        self._check_budget = check_budget
+        self._budget = budget
         self._prices = prices
         self._client: httpx.AsyncClient | None = None
 
@@ -190,18 +217,28 @@ class Relay:
                 f"ad-sandbox gateway: {why}; only a live ad-sandbox run may call the model API",
             )
         try:
-            reason = await anyio.to_thread.run_sync(self._check_budget, info)
+            raw = await _read_body(request)
+            parsed = parse_body(raw)
+            counting = request.url.path.endswith("/count_tokens")
+            ask = ask_of(parsed, len(raw), self._prices, counting=counting)
+        except BadBody as exc:
+            return error_response(
+                413 if "too large" in str(exc) else 400, "invalid_request_error",
+                f"ad-sandbox gateway: {exc}",
+            )
+        try:
+            hold = await anyio.to_thread.run_sync(self._budget.reserve, info, ask)
         except Exception as exc:
             log.exception("budget check failed for run %s", info.run_id)
             return error_response(
                 500, "api_error", f"ad-sandbox gateway: budget check failed: {exc}"
             )
-        if reason is not None:
-            log.info("budget refusal for run %s: %s", info.run_id, reason)
+        if isinstance(hold, str):
+            log.info("budget refusal for run %s: %s", info.run_id, hold)
             return error_response(
-                BUDGET_STATUS, BUDGET_ERROR, f"ad-sandbox budget exhausted: {reason}"
+                BUDGET_STATUS, BUDGET_ERROR, f"ad-sandbox budget exhausted: {hold}"
             )
-        body = await request.body()
+        body = capped_body(parsed, hold)
         url = self.upstream + request.url.path
         if request.url.query:
             url += "?" + request.url.query
@@ -210,7 +247,11 @@ class Relay:
         )
         try:
             answer = await self.client.send(outgoing, stream=True)
-        except httpx.HTTPError as exc:
+        except BaseException as exc:
+            with anyio.CancelScope(shield=True):
+                await self._release(info, hold)
+            if not isinstance(exc, httpx.HTTPError):
+                raise
             log.warning("model API %s unreachable for run %s: %r", self.upstream, info.run_id, exc)
             return error_response(
                 502, "api_error",
@@ -219,8 +260,13 @@ class Relay:
             )
         meter = UsageMeter(answer.headers.get("content-type", ""))
         headers = {k: v for k, v in answer.headers.items() if k.lower() not in _DROP_RESPONSE}
+        tap = None
+        if self._on_answer is not None and not counting and answer.status_code == 200:
+            tap = AnswerTap(answer.headers.get("content-type", ""),
+                            answer.headers.get("content-length"),
+                            request.headers.get(SESSION_HEADER))
         return StreamingResponse(
-            self._pass_through(answer, meter, info, _model_of(body)),
+            self._tapped(self._pass_through(answer, meter, info, ask.model, hold), tap, info),
             status_code=answer.status_code,
             headers=headers,
         )
@@ -243,7 +289,8 @@ class Relay:
         return headers
 
     async def _pass_through(
-        self, answer: httpx.Response, meter: UsageMeter, info: TokenInfo, asked: str | None
+        self, answer: httpx.Response, meter: UsageMeter, info: TokenInfo, asked: str,
+        hold: Hold,
     ) -> AsyncIterator[bytes]:
         try:
             async for chunk in answer.aiter_bytes():
@@ -257,24 +304,68 @@ class Relay:
             with anyio.CancelScope(shield=True):
                 await answer.aclose()
                 meter.finish()
-                if meter.seen:
-                    await self._report(info, meter.model or asked or "unknown", meter.usage)
+                if meter.seen or answer.status_code < 400:
+                    await self._settle(info, hold, meter, meter.model or asked)
+                else:  # an error answer with no usage: the API bills nothing for it
+                    await self._release(info, hold)
 
-    async def _report(self, info: TokenInfo, model: str, usage: Usage) -> None:
-        usd = self._prices.cost(model, usage)
-        log.info(
-            "run %s model %s tokens in %d out %d cost $%.6f",
-            info.run_id, model, usage.total_input, usage.output_tokens, usd,
-        )
+    async def _tapped(
+        self, chunks: AsyncIterator[bytes], tap: AnswerTap | None, info: TokenInfo
+    ) -> AsyncIterator[bytes]:
+        """``chunks`` unchanged; the answer they carry is recorded before its last bytes go
+        out, so the run's result can never be checked before its answer is on record."""
         try:
-            await anyio.to_thread.run_sync(
-                self._on_usage, info, model, usage.total_input, usage.output_tokens, usd
-            )
+            async for chunk in chunks:
+                if tap is not None and tap.feed(chunk):
+                    await self._record_answer(info, tap)
+                yield chunk
+            if tap is not None and tap.finish():
+                await self._record_answer(info, tap)
+        finally:
+            if isinstance(chunks, AsyncGenerator):  # its own clean-up (booking) runs now
+                with anyio.CancelScope(shield=True):
+                    await chunks.aclose()
+
+    async def _record_answer(self, info: TokenInfo, tap: AnswerTap) -> None:
+        assert self._on_answer is not None
+        try:
+            await anyio.to_thread.run_sync(self._on_answer, info, tap.answer())
+        except Exception:  # the run's result then fails its check: it ends crashed, not forged
+            log.exception("recording the answer failed for run %s", info.run_id)
+
+    async def _settle(self, info: TokenInfo, hold: Hold, meter: UsageMeter, model: str) -> None:
+        usage = meter.usage
+        usd = self._prices.cost(model, usage)
+        spend = Spend(model, usage.total_input, usage.output_tokens, usd,
+                      seen=meter.seen, complete=meter.complete)
+        try:
+            booked = await anyio.to_thread.run_sync(self._budget.settle, info, hold, spend)
         except Exception:
-            log.exception("on_usage failed for run %s", info.run_id)
+            log.exception("booking the cost failed for run %s", info.run_id)
+            return
+        log.info(
+            "run %s model %s tokens in %d out %d cost $%.6f booked $%.6f",
+            info.run_id, model, usage.total_input, usage.output_tokens, usd, booked,
+        )
+
+    async def _release(self, info: TokenInfo, hold: Hold) -> None:
+        try:
+            await anyio.to_thread.run_sync(self._budget.release, info, hold)
+        except Exception:
+            log.exception("releasing a budget hold failed for run %s", info.run_id)
 
 
-def _model_of(body: bytes) -> str | None:
-    request = _loads(body)
-    model = request.get("model") if isinstance(request, dict) else None
-    return model if isinstance(model, str) else None
+async def _read_body(request: Request) -> bytes:
+    """The request body, refused past ``MAX_BODY_BYTES`` before it is all in memory."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise BadBody(f"the request body is too large (over {MAX_BODY_BYTES} bytes)")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise BadBody(f"the request body is too large (over {MAX_BODY_BYTES} bytes)")
+        chunks.append(chunk)
+    return b"".join(chunks)
+

@@ -20,8 +20,9 @@ from starlette.applications import Starlette
 from starlette.routing import BaseRoute, Route
 
 from orchestrator.errors import SandboxError
+from orchestrator.gateway.budget import BudgetGate, CallbackGate
 from orchestrator.gateway.pricing import Price, PriceTable
-from orchestrator.gateway.relay import CheckBudget, OnUsage, Relay
+from orchestrator.gateway.relay import CheckBudget, OnAnswer, OnUsage, Relay
 from orchestrator.gateway.tokens import Credential, RunTokens
 
 log = logging.getLogger(__name__)
@@ -37,26 +38,35 @@ def create_gateway_app(
     tokens: RunTokens,
     upstream: str,
     credential: Credential | None,
-    on_usage: OnUsage,
-    check_budget: CheckBudget,
+    on_usage: OnUsage | None = None,
+    check_budget: CheckBudget | None = None,
+    budget: BudgetGate | None = None,
     prices: Mapping[str, Price] | None = None,
     extra_routes: Sequence[BaseRoute] = (),
     lifespan: Lifespan | None = None,
+    on_answer: OnAnswer | None = None,
 ) -> Starlette:
     """The gateway's ASGI app: ``POST /v1/messages`` (and ``/count_tokens``) plus ``extra_routes``.
 
     ``upstream`` is the model API's base URL; ``credential`` None sends no credential (the
     stub). ``on_usage(info, model, input_tokens, output_tokens, usd)`` is called from a worker
     thread after each answer that reported usage; ``check_budget(info)`` before each forward,
-    a string return refusing it. ``prices`` override the built-in table per model.
+    a string return refusing it. ``budget`` replaces both with a gate that holds each
+    request's largest cost and caps its ``max_tokens`` (the real gateway's ledger; see
+    :mod:`orchestrator.gateway.budget`). ``prices`` override the built-in table per model.
+    ``on_answer(info, answer)`` records each complete model answer (what a run's result is
+    checked against), before the answer's last bytes reach the container.
     """
+    if budget is None:
+        budget = CallbackGate(check_budget or (lambda info: None),
+                              on_usage or (lambda *usage: None))
     relay = Relay(
         tokens=tokens,
         upstream=upstream,
         credential=credential,
-        on_usage=on_usage,
-        check_budget=check_budget,
+        budget=budget,
         prices=PriceTable(prices),
+        on_answer=on_answer,
     )
 
     @contextlib.asynccontextmanager

@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import posixpath
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
 
 MANAGED_LABEL = "ad-sandbox.managed"
 """Every container the runtime creates carries ``ad-sandbox.managed=1``."""
+WORKSPACE_VOLUME_LABEL = "ad-sandbox.workspace"
+"""Carried by the volumes a runtime makes to mount a project; see :meth:`Runtime.prune_volumes`."""
 
 FILE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,254}$")
 """Names accepted by :meth:`Runtime.write_files`: one path component, no dot-dot."""
@@ -72,6 +74,9 @@ class ContainerSpec:
             raise ValueError("cpus, memory_bytes and pids_limit must be positive")
         if not re.fullmatch(r"\d+(:\d+)?", self.user):
             raise ValueError(f"user {self.user!r} must be numeric 'uid:gid'")
+        if 0 in (int(part) for part in self.user.split(":")):
+            # Files a root run plants (setuid root) outlive the container on the host.
+            raise ValueError(f"user {self.user!r}: a sandbox never runs as root (id 0)")
 
 
 @dataclass(frozen=True)
@@ -122,8 +127,13 @@ class Runtime(Protocol):
     ``DockerUnavailable`` (no engine), ``ImageMissing``, ``ContainerFailed``.
     """
 
-    def ensure_network(self, name: str, *, internal: bool, labels: dict[str, str]) -> NetworkInfo:
-        """Create the bridge network unless it exists; a mismatched ``internal`` is an error."""
+    def ensure_network(self, name: str, *, internal: bool, labels: dict[str, str],
+                       options: Mapping[str, str] | None = None) -> NetworkInfo:
+        """Create the bridge network unless it exists; a mismatched ``internal`` is an error.
+
+        ``options`` are driver options the network must have; one made without them is
+        recreated when no container uses it, else refused.
+        """
         ...
 
     def remove_network(self, name: str) -> None:
@@ -136,6 +146,21 @@ class Runtime(Protocol):
 
     def remove_volume(self, name: str) -> None:
         """Remove the volume; no error if it is gone."""
+        ...
+
+    def prune_volumes(self, label_filter: dict[str, str]) -> list[str]:
+        """Remove the managed volumes with these labels that no container uses; their names."""
+        ...
+
+    def prepare_volume(self, name: str, *, labels: dict[str, str], image: str, uid: int,
+                       gid: int) -> None:
+        """Create the volume unless it exists; make its root 0700 and it and all it holds
+        owned by ``uid:gid``, following no symlink. Done, when the volume is not known to
+        be so already, by a throwaway container of ``image`` that mounts nothing else."""
+        ...
+
+    def list_volumes(self, label_filter: dict[str, str]) -> list[str]:
+        """The names of the managed volumes carrying these labels."""
         ...
 
     def create(self, spec: ContainerSpec) -> str:

@@ -30,6 +30,8 @@ from orchestrator.runtime.docker_calls import Gone, call
 STDOUT, STDERR = 1, 2
 HELPER_DEADLINE = 30.0  # a helper (file write, counter read) that takes longer is broken
 EXIT_CODE_DEADLINE = 5.0
+MAX_LINE_CHARS = 16 * 1024**2
+"""A longer stdout line is passed on in pieces of this size (not JSON: ignored)."""
 
 frames_iter = cast(Callable[[Any, bool], Iterator[tuple[int, bytes]]], _untyped_frames_iter)
 
@@ -79,10 +81,20 @@ def stream_output(
                              name=f"exec-stdin-{exec_id[:8]}").start()
         for stream_id, data in frames_iter(sock, False):
             if stream_id == STDOUT:
-                pending += out_decoder.decode(data)
-                *lines, pending = pending.split("\n")
-                for line in lines:
-                    on_stdout_line(line)
+                # Split only the new text: re-splitting a long pending line at every frame
+                # is quadratic, and the container decides how long its lines are.
+                text = out_decoder.decode(data)
+                if "\n" not in text:
+                    pending += text
+                else:
+                    first, *lines, rest = text.split("\n")
+                    on_stdout_line(pending + first)
+                    for line in lines:
+                        on_stdout_line(line)
+                    pending = rest
+                if len(pending) > MAX_LINE_CHARS:  # an endless line must not fill memory
+                    on_stdout_line(pending)
+                    pending = ""
             elif stream_id == STDERR:
                 on_stderr(err_decoder.decode(data))
     pending += out_decoder.decode(b"", final=True)

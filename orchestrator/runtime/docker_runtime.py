@@ -18,17 +18,16 @@ import io
 import logging
 import tarfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from functools import partial
 from typing import Any
 
 import docker
 import requests
 from docker.errors import DockerException
-from docker.types import Mount as DockerMount
 
 from orchestrator.errors import ContainerFailed, SandboxError
-from orchestrator.runtime import docker_exec
+from orchestrator.runtime import docker_exec, docker_network
 from orchestrator.runtime.base import (
     MANAGED_LABEL,
     ContainerSpec,
@@ -40,6 +39,8 @@ from orchestrator.runtime.base import (
 )
 from orchestrator.runtime.docker_calls import Gone, call, translate
 from orchestrator.runtime.engine import connect
+from orchestrator.runtime.mounts import engine_mounts
+from orchestrator.runtime.volumes import VolumeKeeper
 
 log = logging.getLogger(__name__)
 
@@ -62,36 +63,14 @@ class DockerRuntime:
     def __init__(self, client: docker.DockerClient | None = None) -> None:
         self._client = client if client is not None else connect()
         self._api = self._client.api
+        self._volumes = VolumeKeeper(self._api)
 
     # -- networks and volumes --------------------------------------------------------
 
-    def ensure_network(self, name: str, *, internal: bool, labels: dict[str, str]) -> NetworkInfo:
-        try:
-            attrs = call("inspect network", partial(self._api.inspect_network, name))
-        except Gone:
-            create = partial(
-                self._api.create_network,
-                name,
-                driver="bridge",
-                internal=internal,
-                labels=labels,
-                check_duplicate=True,
-            )
-            try:
-                call("create network", create)
-            except ContainerFailed as exc:
-                # Another process may have created it in the meantime; that is fine.
-                if exc.data.get("status") != 409:
-                    raise
-            attrs = call("inspect network", partial(self._api.inspect_network, name))
-        info = _network_info(attrs)
-        if info.internal != internal:
-            raise SandboxError(
-                f"network {name} exists with internal={info.internal}, wanted {internal}",
-                hint=f"Remove it (`docker network rm {name}`) and try again.",
-                network=name,
-            )
-        return info
+    def ensure_network(self, name: str, *, internal: bool, labels: dict[str, str],
+                       options: Mapping[str, str] | None = None) -> NetworkInfo:
+        return docker_network.ensure_network(self._api, name, internal=internal, labels=labels,
+                                             options=options or {})
 
     def remove_network(self, name: str) -> None:
         with contextlib.suppress(Gone):
@@ -102,17 +81,37 @@ class DockerRuntime:
         call("create volume", partial(self._api.create_volume, name, labels=labels))
 
     def remove_volume(self, name: str) -> None:
+        self._volumes.forget(name)
         with contextlib.suppress(Gone):
             call("remove volume", partial(self._api.remove_volume, name))
+
+    def prepare_volume(self, name: str, *, labels: dict[str, str], image: str, uid: int,
+                       gid: int) -> None:
+        self._volumes.prepare(name, labels=labels, image=image, uid=uid, gid=gid)
+
+    def list_volumes(self, label_filter: dict[str, str]) -> list[str]:
+        return self._volumes.list(label_filter)
+
+    def prune_volumes(self, label_filter: dict[str, str]) -> list[str]:
+        wanted = [f"{MANAGED_LABEL}=1", *(f"{k}={v}" for k, v in label_filter.items())]
+        listed = call("list volumes", partial(self._api.volumes,
+                                              filters={"label": wanted, "dangling": True}))
+        removed = []
+        for volume in listed.get("Volumes") or []:
+            name = str(volume["Name"])
+            try:
+                self.remove_volume(name)
+            except ContainerFailed as exc:  # 409: a container took it since the listing
+                log.info("volume %s not removed: %s", name[:12], exc.message)
+                continue
+            removed.append(name)
+        return removed
 
     # -- containers ------------------------------------------------------------------
 
     def create(self, spec: ContainerSpec) -> str:
         host_config = self._api.create_host_config(
-            mounts=[
-                DockerMount(target=m.target, source=m.source, type=m.kind, read_only=m.read_only)
-                for m in spec.mounts
-            ],
+            mounts=engine_mounts(spec.mounts),
             tmpfs=dict(spec.tmpfs),
             read_only=True,
             cap_drop=["ALL"],
@@ -346,14 +345,6 @@ class DockerRuntime:
             if key == "oom_kill" and value.strip().isdigit():
                 return int(value)
         return 0
-
-
-def _network_info(attrs: dict[str, Any]) -> NetworkInfo:
-    configs = (attrs.get("IPAM") or {}).get("Config") or [{}]
-    gateway = next((c["Gateway"] for c in configs if c.get("Gateway")), "")
-    return NetworkInfo(
-        name=str(attrs["Name"]), gateway_ip=str(gateway), internal=bool(attrs.get("Internal"))
-    )
 
 
 def _state(attrs: dict[str, Any]) -> ContainerState:

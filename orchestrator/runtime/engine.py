@@ -32,6 +32,15 @@ def engine_version() -> str:
     return str(connect().version().get("Version", "unknown"))
 
 
+def security_options() -> list[str]:
+    """The engine's ``SecurityOptions`` (``docker info``): ``name=userns``, ``name=rootless``..."""
+    try:
+        info = connect().info()
+    except DockerException as exc:
+        raise DockerUnavailable(f"Docker engine did not answer `info` ({_short(exc)})") from exc
+    return [str(option) for option in info.get("SecurityOptions") or []]
+
+
 def _short(exc: Exception) -> str:
     text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     return text[:200]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -133,7 +133,9 @@ class FakeRuntime:
         self._containers: dict[str, _Container] = {}
         self._running: dict[str, set[FakeExec]] = {}
         self.networks: dict[str, NetworkInfo] = {}
+        self.network_options: dict[str, dict[str, str]] = {}
         self.volumes: dict[str, dict[str, str]] = {}
+        self.volume_owners: dict[str, tuple[int, int]] = {}  # set by prepare_volume
 
     # -- set-up hooks ----------------------------------------------------------------
 
@@ -164,9 +166,11 @@ class FakeRuntime:
 
     # -- Runtime: networks and volumes -------------------------------------------------
 
-    def ensure_network(self, name: str, *, internal: bool, labels: dict[str, str]) -> NetworkInfo:
+    def ensure_network(self, name: str, *, internal: bool, labels: dict[str, str],
+                       options: Mapping[str, str] | None = None) -> NetworkInfo:
         self._enter("ensure_network", name, internal)
         with self._lock:
+            self.network_options[name] = dict(options or {})
             info = self.networks.get(name)
             if info is None:
                 info = NetworkInfo(name, f"172.30.{len(self.networks) % 250}.1", internal)
@@ -189,6 +193,32 @@ class FakeRuntime:
         self._enter("remove_volume", name)
         with self._lock:
             self.volumes.pop(name, None)
+            self.volume_owners.pop(name, None)
+
+    def prepare_volume(self, name: str, *, labels: dict[str, str], image: str, uid: int,
+                       gid: int) -> None:
+        self._enter("prepare_volume", name, uid, gid)
+        with self._lock:
+            self.volumes.setdefault(name, dict(labels))
+            self.volume_owners[name] = (uid, gid)
+
+    def list_volumes(self, label_filter: dict[str, str]) -> list[str]:
+        self._enter("list_volumes", label_filter)
+        wanted = {MANAGED_LABEL: "1", **label_filter}
+        with self._lock:
+            return [name for name, labels in self.volumes.items()
+                    if wanted.items() <= labels.items()]
+
+    def prune_volumes(self, label_filter: dict[str, str]) -> list[str]:
+        self._enter("prune_volumes", label_filter)
+        wanted = {MANAGED_LABEL: "1", **label_filter}
+        with self._lock:
+            used = {m.source for c in self._containers.values() for m in c.spec.mounts}
+            names = [name for name, labels in self.volumes.items()
+                     if name not in used and wanted.items() <= labels.items()]
+            for name in names:
+                del self.volumes[name]
+        return names
 
     # -- Runtime: containers -----------------------------------------------------------
 

@@ -18,6 +18,7 @@ class UnavailableRuntime:
     def _raise(self, *args: Any, **kwargs: Any) -> NoReturn:
         raise DockerUnavailable(self.error.message, hint=self.error.hint)
 
-    ensure_network = ensure_volume = remove_volume = remove_network = _raise
+    ensure_network = ensure_volume = remove_volume = remove_network = prune_volumes = _raise
     create = write_files = exec = kill = remove = inspect = _raise
     list_managed = logs = was_oom_killed = _raise
+    prepare_volume = list_volumes = _raise

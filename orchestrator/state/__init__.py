@@ -10,18 +10,24 @@ from __future__ import annotations
 from pathlib import Path
 
 from orchestrator.paths import state_dir
+from orchestrator.state.answers import AnswersMixin, RelayedAnswer
 from orchestrator.state.cache import CacheMixin
 from orchestrator.state.db import SCHEMA_VERSION, Database, pid_alive
 from orchestrator.state.ledger import LedgerMixin
+from orchestrator.state.pins import DirectoryPin, PinsMixin
 from orchestrator.state.pool import ContainerLease, PoolMixin
 from orchestrator.state.runs import RunsMixin
 from orchestrator.state.slots import SlotsMixin
 from orchestrator.state.stats import StatsMixin, percentile
 
-__all__ = ["SCHEMA_VERSION", "ContainerLease", "StateStore", "percentile", "pid_alive"]
+__all__ = [
+    "SCHEMA_VERSION", "ContainerLease", "DirectoryPin", "RelayedAnswer", "StateStore",
+    "percentile", "pid_alive",
+]
 
 
-class StateStore(RunsMixin, PoolMixin, SlotsMixin, LedgerMixin, CacheMixin, StatsMixin):
+class StateStore(RunsMixin, PoolMixin, SlotsMixin, LedgerMixin, CacheMixin, StatsMixin,
+                 PinsMixin, AnswersMixin):
     """The machine-wide state; safe to share between threads and across processes."""
 
     def __init__(self, path: Path | None = None) -> None:

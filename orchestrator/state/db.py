@@ -18,7 +18,9 @@ from filelock import FileLock
 
 from orchestrator.errors import AdSandboxError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""Every statement of _SCHEMA is idempotent (IF NOT EXISTS): a file of an older version
+gets the new tables by running them all again."""
 BUSY_TIMEOUT_S = 10.0
 
 _SCHEMA = """
@@ -82,6 +84,39 @@ CREATE TABLE IF NOT EXISTS ledger (
 CREATE INDEX IF NOT EXISTS ledger_run ON ledger (run_id);
 CREATE INDEX IF NOT EXISTS ledger_root ON ledger (root_id);
 CREATE INDEX IF NOT EXISTS ledger_at ON ledger (at);
+
+CREATE TABLE IF NOT EXISTS ledger_holds (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id TEXT NOT NULL,
+    root_id TEXT NOT NULL,
+    usd REAL NOT NULL,
+    owner_pid INTEGER NOT NULL,
+    created_at REAL NOT NULL,
+    expires_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS ledger_holds_run ON ledger_holds (run_id);
+CREATE INDEX IF NOT EXISTS ledger_holds_root ON ledger_holds (root_id);
+
+CREATE TABLE IF NOT EXISTS ledger_overruns (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id TEXT NOT NULL,
+    root_id TEXT NOT NULL,
+    held_usd REAL NOT NULL,
+    metered_usd REAL NOT NULL,
+    input_tokens INTEGER NOT NULL,
+    output_tokens INTEGER NOT NULL,
+    reason TEXT NOT NULL,
+    at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS ledger_overruns_run ON ledger_overruns (run_id);
+
+CREATE TABLE IF NOT EXISTS relayed_answers (
+    run_id TEXT PRIMARY KEY,
+    session_id TEXT,
+    digests TEXT NOT NULL,
+    stop_reason TEXT,
+    at REAL NOT NULL
+);
 
 CREATE TABLE IF NOT EXISTS cache (
     key TEXT PRIMARY KEY,

@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from orchestrator.sandbox import LABEL_AGENT, LABEL_MANAGED
+from orchestrator.sandbox import LABEL_AGENT, LABEL_CONFIG, LABEL_MANAGED, config_identity
 
 AD_SANDBOX = str(Path(sys.executable).with_name("ad-sandbox"))
 
@@ -48,9 +48,14 @@ def run_json(home: Path, agent: str, task: str, *args: str) -> tuple[int, dict[s
     return done.returncode, json.loads(done.stdout)
 
 
-def agent_containers(client: Any, agent: str) -> list[Any]:
-    return client.containers.list(
-        all=True, filters={"label": [f"{LABEL_MANAGED}=1", f"{LABEL_AGENT}={agent}"]})
+def agent_containers(client: Any, agent: str, home: Path | None = None) -> list[Any]:
+    """The containers of ``agent``; of the config in ``home`` only, when given (agent names
+    repeat across tests and concurrent sessions; the config identity does not)."""
+    labels = [f"{LABEL_MANAGED}=1", f"{LABEL_AGENT}={agent}"]
+    if home is not None:
+        labels.append(f"{LABEL_CONFIG}={config_identity(home / 'agents.yaml')}")
+    found: list[Any] = client.containers.list(all=True, filters={"label": labels})
+    return found
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:

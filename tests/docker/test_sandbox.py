@@ -18,6 +18,8 @@ import docker
 import httpx
 import pytest
 
+from orchestrator.privilege import UNPRIVILEGED_ID
+from orchestrator.sandbox import CONFIG_DIR, LABEL_CONFIG, SESSIONS_DIR, config_identity
 from orchestrator.state import StateStore
 from tests.docker.support import (
     AD_SANDBOX,
@@ -79,11 +81,15 @@ def client() -> docker.DockerClient:
 
 
 @pytest.fixture(autouse=True)
-def no_leftovers(client: docker.DockerClient) -> Any:
+def no_leftovers(client: docker.DockerClient, home: Path) -> Any:
     yield
-    leftovers = [c for c in agent_containers(client, "proj")]
+    leftovers = [c for c in agent_containers(client, "proj", home)]
     for container in leftovers:
         container.remove(force=True)
+    # Session volumes are per config (this test's home): nothing of an earlier test is reused.
+    scope = config_identity(home / "agents.yaml")
+    for volume in client.volumes.list(filters={"label": f"{LABEL_CONFIG}={scope}"}):
+        volume.remove(force=True)
     assert not leftovers, f"containers left behind: {[c.name for c in leftovers]}"
 
 
@@ -107,7 +113,7 @@ def test_a_run_sees_only_its_project_with_limits_in_force(home: Path, project: P
     mounts = set(lines[lines.index("MOUNTS") + 1:-1])
     host_visible = {m for m in mounts if not m.startswith(("/proc", "/dev", "/sys"))}
     assert host_visible <= {"/", "/workspace", "/tmp", "/run/secrets", "/run/ad-sandbox",
-                            "/var/lib/ad-sandbox/claude", "/etc/hosts", "/etc/hostname",
+                            CONFIG_DIR, SESSIONS_DIR, "/etc/hosts", "/etc/hostname",
                             "/etc/resolv.conf", "/sbin/docker-init",
                             "/usr/sbin/docker-init"}, host_visible
     assert lines[-1] == "1"  # no Docker socket
@@ -157,17 +163,17 @@ def test_kill_9_of_the_orchestrator_then_a_new_one_reaps(
         env=cli_env(home), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL)
     try:
-        wait_for(lambda: agent_containers(client, "proj"), 60, "the run's container")
+        wait_for(lambda: agent_containers(client, "proj", home), 60, "the run's container")
         with StateStore(home / "state" / "state.db") as state:
             run_id = wait_for(lambda: [r.run_id for r in state.unfinished_runs()
                                        if r.status == "running"], 60, "the running record")[0]
     finally:
         victim.send_signal(signal.SIGKILL)
         victim.wait(10)
-    assert agent_containers(client, "proj"), "the container outlived its orchestrator"
+    assert agent_containers(client, "proj", home), "the container outlived its orchestrator"
     done = run_cli(home, "run", "proj", "--quiet", "--", "after the crash")
     assert done.returncode == 0, done.stderr
-    assert agent_containers(client, "proj") == []
+    assert agent_containers(client, "proj", home) == []
     with StateStore(home / "state" / "state.db") as state:
         record = state.get_run(run_id)
     assert record.status == "finished" and record.exit_reason == "crashed"
@@ -181,7 +187,7 @@ def test_two_processes_never_share_a_warm_container(
                  cache={"enabled": False})
     up = run_cli(home, "up", "proj")
     assert up.returncode == 0, up.stderr
-    warm = {c.id for c in agent_containers(client, "proj")}
+    warm = {c.id for c in agent_containers(client, "proj", home)}
     assert len(warm) == 2
     runs = [subprocess.Popen([AD_SANDBOX, "run", "proj", "--json", "--", f"[[sleep: 1]] {n}"],
                              env=cli_env(home), stdin=subprocess.DEVNULL,
@@ -208,7 +214,7 @@ def test_the_upstream_credential_never_reaches_the_container(
              "[[bash: env; cat /proc/1/environ | tr '\\0' '\\n'; ls -la /run/secrets; sleep 3]]"],
             env=cli_env(home, UPSTREAM_KEY=secret), stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        container = wait_for(lambda: agent_containers(client, "proj"), 60, "the container")[0]
+        container = wait_for(lambda: agent_containers(client, "proj", home), 60, "the container")[0]
         seen["inspect"] = json.dumps(client.api.inspect_container(container.id))
         stdout, stderr = runner.communicate(timeout=120)
         result = json.loads(stdout)
@@ -334,13 +340,14 @@ def test_secrets_are_0400_files_and_never_leak(
          " sleep 2; echo]]"],
         env=cli_env(home, PROJ_DB=secret), stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    container = wait_for(lambda: agent_containers(client, "proj"), 60, "the container")[0]
+    container = wait_for(lambda: agent_containers(client, "proj", home), 60, "the container")[0]
     inspected = json.dumps(client.api.inspect_container(container.id))
     stdout, stderr = runner.communicate(timeout=120)
     result = json.loads(stdout)
     assert result["success"], stderr
     lines = result["result"].removeprefix("tool result: ").splitlines()
-    assert lines[0] == f"400 {os.getuid()} /run/secrets/DB_PASSWORD"
+    run_uid = project.stat().st_uid or UNPRIVILEGED_ID  # a root-owned project runs as 65532
+    assert lines[0] == f"400 {run_uid} /run/secrets/DB_PASSWORD"
     assert lines[1] == "[redacted:DB_PASSWORD]"  # the agent could read it; nobody sees it
     assert secret not in inspected and secret not in stdout and secret not in stderr
     logs = run_cli(home, "logs", result["run_id"])

@@ -17,6 +17,7 @@ from orchestrator.configfile import load_config
 def cfg(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     path = tmp_path / "conf" / "agents.yaml"
     monkeypatch.setenv("AD_SANDBOX_CONFIG", str(path))
+    monkeypatch.setenv("AD_SANDBOX_STATE_DIR", str(tmp_path / "state"))  # directory pins
     return path
 
 

@@ -11,7 +11,7 @@ from typer.testing import CliRunner, Result
 
 from orchestrator.cli.app import app
 from orchestrator.errors import DockerUnavailable
-from orchestrator.runtime import engine, images
+from orchestrator.runtime import engine, firewall, images
 
 TINY_IMAGE = images.ImageStatus(
     ref="ad-sandbox/agent:latest",
@@ -41,7 +41,10 @@ def engine_up(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     known: dict[str, Any] = {"ad-sandbox/agent:latest": TINY_IMAGE}
     monkeypatch.setattr(engine, "connect", lambda: object())
     monkeypatch.setattr(engine, "engine_version", lambda: "20.10.24")
+    monkeypatch.setattr(engine, "security_options", lambda: ["name=seccomp,profile=default"])
     monkeypatch.setattr(images, "image_status", lambda ref: known.get(ref))
+    monkeypatch.setattr(firewall, "firewall_status",
+                        lambda: firewall.FirewallStatus(True, "AD-SANDBOX-INPUT on ads-agents0"))
     return known
 
 
@@ -70,7 +73,8 @@ def test_json(cfg: Path, engine_up: dict[str, Any]) -> None:
     data = json.loads(result.stdout)
     assert [set(row) for row in data] == [{"check", "status", "detail"}] * len(data)
     assert [row["check"] for row in data] == [
-        "config", "engine", "image ad-sandbox/agent:latest", "agent infra", "registration"
+        "config", "engine", "image ad-sandbox/agent:latest", "agent infra", "registration",
+        "user namespaces", "host firewall",
     ]  # fmt: skip
 
 
@@ -174,3 +178,19 @@ def test_real_engine(cfg: Path) -> None:
     for row in failed:
         assert "missing" in row["detail"]
     assert result.exit_code == (4 if failed else 0)
+
+
+@pytest.mark.parametrize(("options", "status", "words"), [
+    (["name=seccomp,profile=default"], "warn", "userns-remap"),
+    (["name=seccomp,profile=default", "name=userns"], "ok", "userns-remap on"),
+    (["name=rootless", "name=seccomp,profile=default"], "ok", "rootless"),
+])  # fmt: skip
+def test_user_namespaces_recommended_when_off(
+    cfg: Path, engine_up: dict[str, Any], monkeypatch: pytest.MonkeyPatch,
+    options: list[str], status: str, words: str,
+) -> None:
+    monkeypatch.setattr(engine, "security_options", lambda: options)
+    result = doctor("--json")
+    assert result.exit_code == 0  # a warning, never a failure
+    row = rows(result)["user namespaces"]
+    assert row["status"] == status and words in row["detail"]

@@ -7,6 +7,7 @@ only the container is simulated. tests/docker/ runs the same paths in real conta
 
 from __future__ import annotations
 
+import json
 import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -25,7 +26,7 @@ from orchestrator.models import RunRequest
 from orchestrator.results import ProgressUpdate
 from orchestrator.runtime.fake import FakeExec, FakeRuntime
 from orchestrator.state import StateStore
-from tests.fake_claude import fake_claude
+from tests.fake_claude import claude_argv, fake_claude
 
 pytestmark = pytest.mark.anyio
 
@@ -299,9 +300,19 @@ async def test_secrets_are_files_and_redacted(env: Path, project: Path, runtime:
         found = proc.read_file("/run/secrets/TOKEN")
         seen["file"] = found
         seen["inspect"] = runtime.raw_inspect(proc.container_id)
-        proc.out('{"type":"result","subtype":"success","is_error":false,'
-                 '"result":"the token is s3cret-value-123","session_id":"s","num_turns":1,'
-                 '"total_cost_usd":0,"usage":{"input_tokens":1,"output_tokens":1}}')
+        # An honest run: the leaked text is what the model (the stub) really answered.
+        session = claude_argv(proc)[claude_argv(proc).index("--session-id") + 1]
+        answer = httpx.post(
+            f"{proc.env['ANTHROPIC_BASE_URL']}/v1/messages?beta=true",
+            headers={"x-api-key": proc.env["ANTHROPIC_API_KEY"],
+                     "x-claude-code-session-id": session},
+            json={"model": "m", "max_tokens": 10, "messages": [
+                {"role": "user", "content": "[[reply: the token is s3cret-value-123]]"}]},
+        ).json()
+        proc.out(json.dumps({
+            "type": "result", "subtype": "success", "is_error": False,
+            "result": answer["content"][0]["text"], "session_id": session, "num_turns": 1,
+            "total_cost_usd": 0, "usage": {"input_tokens": 1, "output_tokens": 1}}))
         return 0
 
     runtime.on_command("bash", leaky)
