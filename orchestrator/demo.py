@@ -55,6 +55,9 @@ def demo_root() -> Path:
     return state_dir() / "demo"
 
 
+DEMO_MODEL = "haiku"
+
+
 def prepare(root: Path, *, online: bool) -> Path:
     """Write the demo projects and config; returns the config path."""
     notes, calc = root / "notes", root / "calc"
@@ -66,13 +69,16 @@ def prepare(root: Path, *, online: bool) -> Path:
     api = (ModelApi(upstream="https://api.anthropic.com",
                     credential=EnvSource(env="ANTHROPIC_API_KEY"))
            if online else ModelApi(upstream="stub", credential=None))
+    # Haiku and a dime a run: no surprise costs with a real key. The gateway holds each
+    # request's worst case before forwarding it, and one Claude Code request on an opus-priced
+    # model can hold more than a dime by itself.
     config = Config(
         settings=Settings(model_api=api, default_timeout=120),
         agents={
             "notes": Agent(directory=str(notes), description="Keeps field notes",
-                           max_budget_usd=0.10),
+                           model=DEMO_MODEL, max_budget_usd=0.10),
             "calc": Agent(directory=str(calc), description="Multiplies numbers",
-                          max_budget_usd=0.10, mount="ro"),
+                          model=DEMO_MODEL, max_budget_usd=0.10, mount="ro"),
         },
     )
     path = root / "agents.yaml"

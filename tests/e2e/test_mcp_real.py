@@ -20,7 +20,13 @@ import pytest
 from mcp import Client, StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
 
-from orchestrator.sandbox import LABEL_AGENT, LABEL_MANAGED
+from orchestrator.sandbox import (
+    LABEL_AGENT,
+    LABEL_CONFIG,
+    LABEL_MANAGED,
+    LABEL_RUN,
+    config_identity,
+)
 from tests.e2e.test_mcp_clients import AD_SANDBOX, BASE_TOOLS, ROOT, http_server
 
 pytestmark = [pytest.mark.e2e, pytest.mark.docker, pytest.mark.slow]
@@ -81,9 +87,12 @@ def body(result: Any) -> dict[str, Any]:
     return dict(json.loads(result.content[0].text))
 
 
-def containers(agent: str) -> list[Any]:
-    return docker.from_env().containers.list(
-        all=True, filters={"label": [f"{LABEL_MANAGED}=1", f"{LABEL_AGENT}={agent}"]})
+def containers(env: dict[str, str], agent: str) -> list[Any]:
+    """``agent``'s containers of this test's config only: agent names repeat across tests,
+    and an engine may hold what earlier runs left."""
+    labels = [f"{LABEL_MANAGED}=1", f"{LABEL_AGENT}={agent}",
+              f"{LABEL_CONFIG}={config_identity(Path(env['AD_SANDBOX_CONFIG']))}"]
+    return docker.from_env().containers.list(all=True, filters={"label": labels})
 
 
 async def tool_tour(client: Client, projects: Path) -> None:
@@ -169,7 +178,7 @@ def test_every_tool_over_stdio(env: dict[str, str]) -> None:
                 await tool_tour(client, projects)
 
     anyio.run(main)
-    assert containers("alpha") == [] and containers("beta") == []
+    assert containers(env, "alpha") == [] and containers(env, "beta") == []
 
 
 def test_every_tool_over_http(env: dict[str, str]) -> None:
@@ -216,16 +225,18 @@ def test_progress_notifications_arrive_while_the_agent_works(
     assert any("tok" in m and "$" in m for m in seen)     # tokens and cost so far
 
 
-async def _wait_running(agent: str) -> None:
+async def _wait_running(env: dict[str, str], agent: str) -> None:
     with anyio.fail_after(60):
-        while not [c for c in containers(agent) if c.status == "running"]:
+        # A run's container: a volume's set-up helper carries the agent's labels too.
+        while not [c for c in containers(env, agent)
+                   if c.status == "running" and c.labels.get(LABEL_RUN)]:
             await anyio.sleep(0.2)
 
 
-async def _gone_within_2s(agent: str) -> None:
+async def _gone_within_2s(env: dict[str, str], agent: str) -> None:
     started = time.monotonic()
     with anyio.fail_after(2):
-        while containers(agent):
+        while containers(env, agent):
             await anyio.sleep(0.05)
     assert time.monotonic() - started < 2
 
@@ -245,9 +256,9 @@ def test_notifications_cancelled_kills_the_container_within_2s(env: dict[str, st
             async with anyio.create_task_group() as tg:
                 tg.start_soon(client.call_tool, "dispatch",
                               {"agent": "alpha", "task": "[[sleep: 600]] forever"})
-                await _wait_running("alpha")
+                await _wait_running(env, "alpha")
                 tg.cancel_scope.cancel()  # the client sends notifications/cancelled
-            await _gone_within_2s("alpha")
+            await _gone_within_2s(env, "alpha")
             return await _last_job(client)
 
     assert anyio.run(main)["exit_reason"] == "cancelled"
@@ -266,11 +277,11 @@ def test_dispatch_cancel_over_http_kills_the_container_within_2s(env: dict[str, 
 
             async with anyio.create_task_group() as tg:
                 tg.start_soon(waiting_caller)
-                await _wait_running("alpha")
+                await _wait_running(env, "alpha")
                 running = body(await client.call_tool("dispatch_jobs", {"status": "running"}))
                 job_id = running["jobs"][0]["job_id"]
                 cancelled = body(await client.call_tool("dispatch_cancel", {"job_id": job_id}))
-                await _gone_within_2s("alpha")
+                await _gone_within_2s(env, "alpha")
             return cancelled
 
     with http_server([AD_SANDBOX, "serve"], env) as url:
@@ -298,9 +309,9 @@ def test_a_disconnect_mid_run_loses_nothing(env: dict[str, str]) -> None:
     send({"id": 2, "method": "tools/call", "params": {
         "name": "dispatch", "arguments": {"agent": "alpha", "task": "[[sleep: 4]] finish me"}}})
     deadline = time.monotonic() + 60
-    while not containers("alpha") and time.monotonic() < deadline:
+    while not containers(env, "alpha") and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert containers("alpha"), "the run never started"
+    assert containers(env, "alpha"), "the run never started"
     server.stdin.close()  # the client is gone
     assert server.wait(60) == 0  # it finished the run before leaving
     server.stdout.close()
@@ -407,7 +418,7 @@ def test_bad_arguments_get_clear_errors_and_the_server_keeps_serving(
     for (name, _, needle), (is_error, text) in zip(BAD_CALLS, answers, strict=True):
         assert is_error, (name, text)
         assert needle in text, (name, needle, text)
-    assert containers("alpha") == []  # the bad parallel call ran nothing
+    assert containers(env, "alpha") == []  # the bad parallel call ran nothing
 
 
 def _claude(env: dict[str, str]) -> Callable[..., subprocess.CompletedProcess[str]]:
@@ -490,7 +501,7 @@ def test_a_restart_reattaches_jobs_whose_container_still_runs(env: dict[str, str
     server.wait(10)
     server.stdin.close()
     server.stdout.close()
-    assert [c for c in containers("alpha") if c.status == "running"], "container died with it"
+    assert [c for c in containers(env, "alpha") if c.status == "running"], "container died with it"
 
     async def after_restart() -> dict[str, Any]:
         async with stdio(env) as client:
@@ -501,7 +512,7 @@ def test_a_restart_reattaches_jobs_whose_container_still_runs(env: dict[str, str
     assert waited["status"] == "finished", waited
     assert waited["exit_reason"] == "completed", waited
     assert waited["result"]["result"] == "tool result: survived"
-    assert containers("alpha") == []
+    assert containers(env, "alpha") == []
 
 
 def test_an_http_server_told_to_stop_leaves_its_jobs_to_the_next(env: dict[str, str]) -> None:
@@ -524,7 +535,7 @@ def test_an_http_server_told_to_stop_leaves_its_jobs_to_the_next(env: dict[str, 
         job = anyio.run(start_job, url)
         stopping = time.monotonic()
     assert time.monotonic() - stopping < 10  # terminate + wait inside http_server
-    assert [c for c in containers("beta") if c.status == "running"]
+    assert [c for c in containers(env, "beta") if c.status == "running"]
 
     async def after(client_for: Callable[[], Any]) -> dict[str, Any]:
         async with client_for() as client:
