@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -76,8 +77,12 @@ def project(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def client() -> docker.DockerClient:
-    return docker.from_env()
+def client() -> Iterator[docker.DockerClient]:
+    engine = docker.from_env()
+    try:
+        yield engine
+    finally:
+        engine.close()
 
 
 @pytest.fixture(autouse=True)

@@ -92,7 +92,11 @@ def containers(env: dict[str, str], agent: str) -> list[Any]:
     and an engine may hold what earlier runs left."""
     labels = [f"{LABEL_MANAGED}=1", f"{LABEL_AGENT}={agent}",
               f"{LABEL_CONFIG}={config_identity(Path(env['AD_SANDBOX_CONFIG']))}"]
-    return docker.from_env().containers.list(all=True, filters={"label": labels})
+    engine = docker.from_env()
+    try:
+        return engine.containers.list(all=True, filters={"label": labels})
+    finally:
+        engine.close()
 
 
 async def tool_tour(client: Client, projects: Path) -> None:

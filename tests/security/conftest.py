@@ -10,6 +10,7 @@ image fails every test with the reason.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import docker
@@ -37,5 +38,9 @@ def project(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def client() -> docker.DockerClient:
-    return docker.from_env()
+def client() -> Iterator[docker.DockerClient]:
+    engine = docker.from_env()
+    try:
+        yield engine
+    finally:
+        engine.close()
