@@ -22,7 +22,7 @@ import docker
 from mcp import Client, StdioServerParameters
 from mcp.client.stdio import stdio_client
 
-from orchestrator.sandbox import LABEL_AGENT, LABEL_MANAGED, volume_name
+from orchestrator.run.sandbox import LABEL_AGENT, LABEL_MANAGED, volume_name
 
 AD_SANDBOX = str(Path(sys.executable).with_name("ad-sandbox"))
 DEADLINE_S = 120.0

@@ -19,13 +19,13 @@ from typing import Any, TypeVar
 
 import anyio
 
-from orchestrator import cache
-from orchestrator.dispatch import Dispatcher, open_dispatcher
-from orchestrator.host import docker_image_id
+from orchestrator.dispatch import cachekey as cache
+from orchestrator.dispatch.dispatcher import Dispatcher, open_dispatcher
+from orchestrator.dispatch.host import docker_image_id
 from orchestrator.models import RunRequest
+from orchestrator.run.sandbox import agent_image
 from orchestrator.runtime.base import ContainerSpec, ContainerState, ExecResult, LineCallback
 from orchestrator.runtime.docker_runtime import DockerRuntime
-from orchestrator.sandbox import agent_image
 
 T = TypeVar("T")
 TASK, ANSWER = "[[reply: ok]]", "ok"

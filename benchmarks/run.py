@@ -33,7 +33,7 @@ from benchmarks.measures import (
 from benchmarks.phases import phase_table, run_phases
 from benchmarks.report import Row, table
 from orchestrator.runtime.staging import stage_claude
-from orchestrator.stubapi import StubServer
+from orchestrator.stub import StubServer
 
 DEFAULT_ROUNDS = 15
 

@@ -12,7 +12,7 @@ blocks a reader forever, ``.mcp.json`` a gigabyte. So every read here
 - stops at a size limit given by the caller.
 
 :func:`open_directory` walks an absolute path from ``/`` the same way, for the check that an
-agent directory is still the one registered (:mod:`orchestrator.dirpin`).
+agent directory is still the one registered (:mod:`orchestrator.run.dirpin`).
 """
 
 from __future__ import annotations

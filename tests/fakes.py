@@ -1,4 +1,4 @@
-"""A FakeDispatcher implementing orchestrator.service.DispatchService, for server tests.
+"""A FakeDispatcher implementing orchestrator.dispatch.api.DispatchService, for server tests.
 
 Tasks steer it: ``fail`` ends in a failed run, ``block`` runs until cancelled (sending
 one progress update first), ``boom`` raises a plain exception (a bug); anything else
@@ -16,10 +16,7 @@ from typing import Any
 
 import anyio
 
-from orchestrator.errors import AgentNotFound, RunNotFound, UsageError
-from orchestrator.models import RunRequest, new_id
-from orchestrator.results import DispatchResult, ProgressFn, ProgressUpdate
-from orchestrator.service import (
+from orchestrator.dispatch.api import (
     AgentArgs,
     AgentDetail,
     AgentInfo,
@@ -34,6 +31,9 @@ from orchestrator.service import (
     PoolInfo,
     SandboxStatus,
 )
+from orchestrator.errors import AgentNotFound, RunNotFound, UsageError
+from orchestrator.models import RunRequest, new_id
+from orchestrator.results import DispatchResult, ProgressFn, ProgressUpdate
 
 MAX_CONTEXT = 256 * 1024
 

@@ -9,12 +9,12 @@ from typing import Annotated, Any
 
 import typer
 
-from orchestrator.catalog import resolve_directory, with_agent, without_agent
 from orchestrator.cli.app import app, handles_errors, out
 from orchestrator.config import NAME_PATTERN, Agent, Config
 from orchestrator.configfile import load_config, update_config
-from orchestrator.dirpin import forget_directory, nested_agents, pin_directory
+from orchestrator.dispatch.catalog import resolve_directory, with_agent, without_agent
 from orchestrator.errors import UsageError
+from orchestrator.run.dirpin import forget_directory, nested_agents, pin_directory
 from orchestrator.state import StateStore
 
 Description = Annotated[str | None, typer.Option(help="What the agent knows; shown to callers.")]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from orchestrator.cli.app import app, handles_errors, out
-from orchestrator.demo import run_demo
+from orchestrator.cli.demorun import run_demo
 from orchestrator.runtime.images import ensure_images
 
 

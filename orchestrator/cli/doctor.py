@@ -15,9 +15,9 @@ from orchestrator.cli.app import app, out
 from orchestrator.cli.setup import SERVER_NAME
 from orchestrator.config import Config
 from orchestrator.configfile import load_config
-from orchestrator.dirpin import nested_agents, pin_problem
 from orchestrator.errors import AdSandboxError, ConfigError
 from orchestrator.paths import config_path, state_dir
+from orchestrator.run.dirpin import nested_agents, pin_problem
 from orchestrator.state import StateStore
 
 Status = Literal["ok", "warn", "fail"]

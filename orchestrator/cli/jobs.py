@@ -10,11 +10,11 @@ import anyio
 import typer
 
 from orchestrator.cli.app import app, handles_errors, out
-from orchestrator.dispatch import open_dispatcher
+from orchestrator.dispatch.dispatcher import open_dispatcher
+from orchestrator.dispatch.service import GC_AFTER_S
 from orchestrator.gateway.lifecycle import DAY_S
 from orchestrator.models import RunRecord
-from orchestrator.reaper import reap
-from orchestrator.service_impl import GC_AFTER_S
+from orchestrator.run.reaper import reap
 from orchestrator.state import StateStore
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]

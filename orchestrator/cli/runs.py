@@ -10,7 +10,7 @@ import anyio
 import typer
 
 from orchestrator.cli.app import app, handles_errors, out
-from orchestrator.dispatch import open_dispatcher
+from orchestrator.dispatch.dispatcher import open_dispatcher
 from orchestrator.models import RunRequest
 from orchestrator.results import DispatchResult, ProgressUpdate
 from orchestrator.textinput import read_task

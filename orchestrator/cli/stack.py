@@ -10,15 +10,12 @@ import typer
 
 from orchestrator.cli.app import app, handles_errors, out
 from orchestrator.configfile import load_config
-from orchestrator.dispatch import open_dispatcher
+from orchestrator.dispatch.dispatcher import open_dispatcher
 from orchestrator.errors import AdSandboxError, AgentNotFound, RunNotFound
-from orchestrator.netguard import ensure_agents_network, guard_network
 from orchestrator.paths import config_path
-from orchestrator.runner import run_log_path
-from orchestrator.runtime.base import Runtime
-from orchestrator.runtime.docker_runtime import DockerRuntime
-from orchestrator.runtime.images import ensure_images
-from orchestrator.sandbox import (
+from orchestrator.run.netguard import ensure_agents_network, guard_network
+from orchestrator.run.runner import run_log_path
+from orchestrator.run.sandbox import (
     AGENTS_NETWORK,
     LABEL_AGENT,
     LABEL_CONFIG,
@@ -26,6 +23,9 @@ from orchestrator.sandbox import (
     config_identity,
     volume_name,
 )
+from orchestrator.runtime.base import Runtime
+from orchestrator.runtime.docker_runtime import DockerRuntime
+from orchestrator.runtime.images import ensure_images
 from orchestrator.state import StateStore
 
 FOLLOW_POLL_S = 0.5

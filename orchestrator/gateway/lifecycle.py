@@ -23,7 +23,7 @@ from orchestrator.gateway.tokens import RunTokens, TokenInfo, resolve_credential
 from orchestrator.runtime.base import NetworkInfo
 from orchestrator.state import RelayedAnswer, StateStore
 from orchestrator.state.ledger import Limits
-from orchestrator.stubapi import StubServer
+from orchestrator.stub import StubServer
 
 log = logging.getLogger(__name__)
 

@@ -11,11 +11,11 @@ from typing import cast
 from mcp.server.mcpserver import MCPServer
 
 from orchestrator import __version__
-from orchestrator.server.results import MANAGEMENT_TOOLS, AppState, ServiceFactory
-from orchestrator.server.tools import TOOLS
-from orchestrator.service import (
+from orchestrator.dispatch.api import (
     DispatchService,
 )
+from orchestrator.server.results import MANAGEMENT_TOOLS, AppState, ServiceFactory
+from orchestrator.server.tools import TOOLS
 
 logger = logging.getLogger(__name__)
 
@@ -25,7 +25,7 @@ logger = logging.getLogger(__name__)
 def default_service_factory(*, wait_for_runs: bool = True,
                             ) -> AbstractAsyncContextManager[DispatchService]:
     """The production dispatcher, imported late so ``--help`` stays fast."""
-    module = importlib.import_module("orchestrator.dispatch")
+    module = importlib.import_module("orchestrator.dispatch.dispatcher")
     return cast(AbstractAsyncContextManager[DispatchService],
                 module.open_service(wait_for_runs=wait_for_runs))
 

@@ -15,13 +15,13 @@ from mcp.server.mcpserver import Context
 from mcp.types import CallToolResult, TextContent
 from pydantic import BaseModel
 
-from orchestrator.errors import AdSandboxError
-from orchestrator.models import ErrorType
-from orchestrator.results import DispatchResult, ProgressFn, ProgressUpdate
-from orchestrator.service import (
+from orchestrator.dispatch.api import (
     DispatchService,
     ParallelResult,
 )
+from orchestrator.errors import AdSandboxError
+from orchestrator.models import ErrorType
+from orchestrator.results import DispatchResult, ProgressFn, ProgressUpdate
 
 logger = logging.getLogger(__name__)
 

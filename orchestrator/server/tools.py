@@ -11,18 +11,7 @@ from mcp.types import CallToolResult, ToolAnnotations
 from pydantic import BaseModel, Field
 
 from orchestrator.config import Mount, PermissionMode
-from orchestrator.models import RunStatus
-from orchestrator.results import DispatchResult
-from orchestrator.server.results import (
-    Ctx,
-    _answer,
-    _long,
-    _parallel_failed,
-    _run_failed,
-    _service,
-    refused_run,
-)
-from orchestrator.service import (
+from orchestrator.dispatch.api import (
     AgentArgs,
     AgentDetail,
     AgentInfo,
@@ -39,6 +28,17 @@ from orchestrator.service import (
     JobStatus,
     ParallelResult,
     SandboxStatus,
+)
+from orchestrator.models import RunStatus
+from orchestrator.results import DispatchResult
+from orchestrator.server.results import (
+    Ctx,
+    _answer,
+    _long,
+    _parallel_failed,
+    _run_failed,
+    _service,
+    refused_run,
 )
 
 logger = logging.getLogger(__name__)

@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from orchestrator.sandbox import LABEL_AGENT, LABEL_CONFIG, LABEL_MANAGED, config_identity
+from orchestrator.run.sandbox import LABEL_AGENT, LABEL_CONFIG, LABEL_MANAGED, config_identity
 
 AD_SANDBOX = str(Path(sys.executable).with_name("ad-sandbox"))
 

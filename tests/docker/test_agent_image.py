@@ -16,7 +16,7 @@ from docker.models.networks import Network
 
 import orchestrator
 from orchestrator.runtime import images
-from orchestrator.stubapi import StubServer
+from orchestrator.stub import StubServer
 
 pytestmark = pytest.mark.docker
 

@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from orchestrator.privilege import UNPRIVILEGED_ID
-from orchestrator.sandbox import CONFIG_DIR, LABEL_CONFIG, SESSIONS_DIR, config_identity
+from orchestrator.run.sandbox import CONFIG_DIR, LABEL_CONFIG, SESSIONS_DIR, config_identity
 from orchestrator.state import StateStore
 from tests.docker.support import (
     AD_SANDBOX,
@@ -207,7 +207,7 @@ def test_two_processes_never_share_a_warm_container(
 def test_the_upstream_credential_never_reaches_the_container(
     home: Path, project: Path, client: docker.DockerClient
 ) -> None:
-    from orchestrator.stubapi import StubServer
+    from orchestrator.stub import StubServer
 
     secret = "sk-ant-api03-NEVER-IN-A-CONTAINER-" + os.urandom(6).hex()
     with StubServer("127.0.0.1", 0) as upstream:
@@ -240,7 +240,7 @@ def test_the_relay_refuses_requests_without_a_live_run_token(
 ) -> None:
     import anyio
 
-    from orchestrator.dispatch import open_dispatcher
+    from orchestrator.dispatch.dispatcher import open_dispatcher
     from orchestrator.models import RunRequest
 
     write_config(home, {"proj": {"directory": str(project)}})

@@ -3,7 +3,7 @@
 The Inspector CLI and the conformance suite (installed by scripts/mcp-clients.sh)
 drive ``python -m tests.fake_serve`` (the real MCP layer over FakeDispatcher). The
 ``real`` variants drive ``ad-sandbox serve`` over the real dispatch service; they run
-once ``orchestrator.dispatch.open_service`` exists and need Docker and the agent image.
+once ``orchestrator.dispatch.dispatcher.open_service`` exists and need Docker and the agent image.
 """
 
 from __future__ import annotations

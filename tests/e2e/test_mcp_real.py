@@ -20,7 +20,7 @@ import pytest
 from mcp import Client, StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
 
-from orchestrator.sandbox import (
+from orchestrator.run.sandbox import (
     LABEL_AGENT,
     LABEL_CONFIG,
     LABEL_MANAGED,
@@ -442,7 +442,7 @@ def _claude(env: dict[str, str]) -> Callable[..., subprocess.CompletedProcess[st
 def test_claude_code_is_the_mcp_client(env: dict[str, str]) -> None:
     """`claude mcp add` + `claude mcp list` connect; a host `claude -p` whose model calls
     mcp__ad-sandbox__dispatch really runs the task in an agent container."""
-    from orchestrator.stubapi import StubServer
+    from orchestrator.stub import StubServer
 
     claude = _claude(env)
     quiet = {"CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1", "DISABLE_AUTOUPDATER": "1",

@@ -20,7 +20,7 @@ import docker
 import pytest
 from mcp import Client, StdioServerParameters
 
-from orchestrator.sandbox import LABEL_AGENT, LABEL_MANAGED
+from orchestrator.run.sandbox import LABEL_AGENT, LABEL_MANAGED
 from tests.docker.support import AD_SANDBOX, cli_env, run_cli, run_json, write_config
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]

@@ -20,7 +20,7 @@ from typing import Any
 import docker
 import pytest
 
-from orchestrator.sandbox import CONFIG_DIR
+from orchestrator.run.sandbox import CONFIG_DIR
 from tests.docker.support import run_cli, write_config
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]

@@ -16,7 +16,7 @@ from pathlib import Path
 import docker
 import pytest
 
-from orchestrator.sandbox import LABEL_AGENT, LABEL_MANAGED
+from orchestrator.run.sandbox import LABEL_AGENT, LABEL_MANAGED
 from tests.docker.support import run_cli, run_json, write_config
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]

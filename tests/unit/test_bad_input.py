@@ -16,10 +16,10 @@ from orchestrator.cli.agents import check_name
 from orchestrator.config import Agent, Config, ModelApi, Pool, Settings
 from orchestrator.configfile import parse_config, save_config, validate_config
 from orchestrator.configyaml import MAX_ALIASES
-from orchestrator.dispatch import open_dispatcher
+from orchestrator.dispatch.dispatcher import open_dispatcher
 from orchestrator.errors import ConfigError, UsageError
 from orchestrator.models import RunRequest
-from orchestrator.runlog import CappedLog
+from orchestrator.run.runlog import CappedLog
 from orchestrator.runtime import docker_exec
 from orchestrator.runtime.fake import FakeRuntime
 from orchestrator.state import StateStore

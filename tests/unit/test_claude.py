@@ -532,7 +532,7 @@ def _claude_binary() -> str:
 @pytest.mark.slow
 def test_real_claude_accepts_our_argv_env_and_stdin_prompt(tmp_path: Path) -> None:
     """The argv, env and stdin prompt we build work with the pinned claude and the stub."""
-    from orchestrator.stubapi import StubServer
+    from orchestrator.stub import StubServer
 
     binary = _claude_binary()
     project, config = tmp_path / "project", tmp_path / "config"

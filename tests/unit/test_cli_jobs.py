@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from orchestrator.cli import app
 from orchestrator.models import RunRecord
-from orchestrator.runner import run_log_path
+from orchestrator.run.runner import run_log_path
 from orchestrator.state import StateStore
 
 

@@ -13,7 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from orchestrator.cli.app import app
-from orchestrator.stubapi import StubServer
+from orchestrator.stub import StubServer
 
 CLI = [sys.executable, "-c", "from orchestrator.cli import main; main()"]
 

@@ -16,10 +16,9 @@ from typer.testing import CliRunner
 from orchestrator.cli import stack
 from orchestrator.cli.app import app
 from orchestrator.config import Agent
-from orchestrator.pool import WarmPool
-from orchestrator.reaper import reap
-from orchestrator.runtime.fake import FakeRuntime
-from orchestrator.sandbox import (
+from orchestrator.run.pool import WarmPool
+from orchestrator.run.reaper import reap
+from orchestrator.run.sandbox import (
     LABEL_CONFIG,
     SESSIONS_DIR,
     Owner,
@@ -28,6 +27,7 @@ from orchestrator.sandbox import (
     container_spec,
     volume_name,
 )
+from orchestrator.runtime.fake import FakeRuntime
 from orchestrator.state import StateStore
 
 DEAD = 2**22 + 11

@@ -14,8 +14,8 @@ from typer.testing import CliRunner
 
 from orchestrator.cli.app import app
 from orchestrator.config import Agent, Config
-from orchestrator.dirpin import nested_agents, pin_directory, pin_problem, verify_directory
 from orchestrator.errors import DirectoryChanged, UsageError
+from orchestrator.run.dirpin import nested_agents, pin_directory, pin_problem, verify_directory
 from orchestrator.state import StateStore
 
 

@@ -20,7 +20,7 @@ import pytest
 
 from orchestrator.config import Agent, Budget, Config, EnvSource, ModelApi, Pool, Settings
 from orchestrator.configfile import save_config
-from orchestrator.dispatch import Dispatcher, open_dispatcher
+from orchestrator.dispatch.dispatcher import Dispatcher, open_dispatcher
 from orchestrator.errors import AgentNotFound, UsageError
 from orchestrator.models import RunRequest
 from orchestrator.results import ProgressUpdate

@@ -14,7 +14,7 @@ from orchestrator.cli.doctor import check_firewall
 from orchestrator.config import Config
 from orchestrator.errors import FirewallError, SandboxError
 from orchestrator.gateway.ports import listen_in_range
-from orchestrator.netguard import guard_network
+from orchestrator.run.netguard import guard_network
 from orchestrator.runtime import firewall
 from orchestrator.runtime.base import NetworkInfo
 from orchestrator.runtime.firewall import (

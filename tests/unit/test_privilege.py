@@ -17,7 +17,7 @@ from orchestrator.config import Agent
 from orchestrator.configfile import parse_config
 from orchestrator.errors import ConfigError
 from orchestrator.privilege import UNPRIVILEGED_ID, parse_user, run_ids, strip_setid_bits
-from orchestrator.reaper import reap
+from orchestrator.run.reaper import reap
 from orchestrator.runtime.base import WORKSPACE_VOLUME_LABEL, ContainerSpec, Mount
 from orchestrator.runtime.fake import FakeRuntime
 from orchestrator.runtime.mounts import engine_mounts

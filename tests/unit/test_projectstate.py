@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import cache
-from orchestrator.projectstate import Limits, StateUnknown, fingerprint
+from orchestrator.dispatch import cachekey as cache
+from orchestrator.dispatch.projectstate import Limits, StateUnknown, fingerprint
 
 GIT = ["git", "-c", "user.email=t@t", "-c", "user.name=t"]
 

@@ -10,9 +10,9 @@ import pytest
 
 from orchestrator.config import Agent
 from orchestrator.models import RunRecord
-from orchestrator.reaper import reap
+from orchestrator.run.reaper import reap
+from orchestrator.run.sandbox import Owner, container_spec
 from orchestrator.runtime.fake import FakeRuntime
-from orchestrator.sandbox import Owner, container_spec
 from orchestrator.state import StateStore
 
 DEAD = 2**22 + 11

@@ -12,14 +12,14 @@ from urllib.parse import quote, quote_plus
 import pytest
 
 from orchestrator.claude.output import StreamParser
-from orchestrator.crosscheck import Evidence, mismatch
 from orchestrator.gateway.answers import AnswerTap, candidate_digests, text_digest
 from orchestrator.models import ClaudeResult
 from orchestrator.redaction import forms_of, redact, redactor
+from orchestrator.run.crosscheck import Evidence, mismatch
+from orchestrator.run.transcripts import SCRUB_SCRIPT
 from orchestrator.state.answers import RelayedAnswer
 from orchestrator.stub import wire
 from orchestrator.stub.directives import Plan
-from orchestrator.transcripts import SCRUB_SCRIPT
 
 SECRET = b"tok/3f9a1c77e0b2+k&v=1\n"
 VALUE = SECRET.strip().decode()

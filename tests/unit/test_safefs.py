@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.catalog import _preview, detect_stacks
 from orchestrator.claude import project_mcp_config
+from orchestrator.dispatch.catalog import _preview, detect_stacks
 from orchestrator.errors import ConfigError
 from orchestrator.safefs import RefusedPath, list_entries, open_directory, read_file, read_head
 

@@ -13,8 +13,8 @@ import httpx
 import pytest
 
 from orchestrator.errors import UsageError
+from orchestrator.stub import StubServer
 from orchestrator.stub.directives import find_directives, user_text
-from orchestrator.stubapi import StubServer
 
 MESSAGES = "/v1/messages?beta=true"
 

@@ -1,6 +1,6 @@
 """The dispatch service as the MCP layer sees it: a Protocol plus the models it speaks.
 
-``orchestrator.service_impl`` implements :class:`DispatchService`; ``orchestrator.server``
+``orchestrator.dispatch.service`` implements :class:`DispatchService`; ``orchestrator.server``
 adapts it to MCP tools and tests drive it through ``tests.fakes.FakeDispatcher``.
 Bad input is reported by raising :class:`orchestrator.errors.AdSandboxError`
 subclasses; a run that went wrong is a normal :class:`DispatchResult` with

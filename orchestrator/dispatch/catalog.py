@@ -14,11 +14,17 @@ from typing import Any
 
 from orchestrator.config import Agent, Config, Group
 from orchestrator.configfile import validate_config
-from orchestrator.dirpin import verify_directory
+from orchestrator.dispatch.api import (
+    AgentDetail,
+    AgentInfo,
+    GroupDetail,
+    GroupInfo,
+    GroupMemberInfo,
+)
 from orchestrator.errors import AgentNotFound, DirectoryChanged, PermissionDenied, UsageError
+from orchestrator.run.dirpin import verify_directory
+from orchestrator.run.sandbox import agent_image
 from orchestrator.safefs import list_entries, read_head
-from orchestrator.sandbox import agent_image
-from orchestrator.service import AgentDetail, AgentInfo, GroupDetail, GroupInfo, GroupMemberInfo
 from orchestrator.state import StateStore
 
 PREVIEW_FILES = ("CLAUDE.md", "README.md", "README", "README.rst")

@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from orchestrator import projectstate
 from orchestrator.config import Agent
+from orchestrator.dispatch import projectstate
 from orchestrator.errors import RunNotFound
 from orchestrator.models import RunRecord, RunRequest
 from orchestrator.state import StateStore
@@ -27,7 +27,7 @@ def project_state(directory: Path) -> str | None:
     """A digest of the project's git HEAD, index and working tree; ``None`` when unknown.
 
     Read on the host without running anything or following a symlink (see
-    :mod:`orchestrator.projectstate`): the project is the agent's, so no ``git`` runs here.
+    :mod:`orchestrator.dispatch.projectstate`): the project is the agent's, so no ``git`` runs here.
     ``None`` means the request must skip the cache: a constant stand-in would be a stale hit.
     """
     try:

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from orchestrator.config import Agent, Config, EnvSource
-from orchestrator.dirpin import PinStore, verify_directory
 from orchestrator.errors import ConfigError
 from orchestrator.privilege import run_ids
+from orchestrator.run.dirpin import PinStore, verify_directory
 from orchestrator.runtime.base import ContainerSpec, Mount
 
 AGENTS_NETWORK = "ad-sandbox-agents"

@@ -14,8 +14,8 @@ import anyio
 
 from orchestrator.config import Agent
 from orchestrator.errors import AdSandboxError
+from orchestrator.run.sandbox import Owner, container_spec, scope_labels, volume_name
 from orchestrator.runtime.base import ContainerSpec, Runtime
-from orchestrator.sandbox import Owner, container_spec, scope_labels, volume_name
 from orchestrator.state import StateStore
 
 log = logging.getLogger(__name__)

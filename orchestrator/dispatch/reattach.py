@@ -17,15 +17,15 @@ import anyio
 
 from orchestrator.errors import AdSandboxError
 from orchestrator.gateway.tokens import TokenInfo
-from orchestrator.live import LiveRun
 from orchestrator.models import RunRecord, RunRequest
 from orchestrator.privilege import scrub_after_run
-from orchestrator.runner import FOLLOW_SCRIPT, conclude, scrub_run, watch
-from orchestrator.sandbox import LABEL_CONFIG, agent_image, directory_owner, read_secrets
+from orchestrator.run.live import LiveRun
+from orchestrator.run.runner import FOLLOW_SCRIPT, conclude, scrub_run, watch
+from orchestrator.run.sandbox import LABEL_CONFIG, agent_image, directory_owner, read_secrets
 from orchestrator.state import pid_alive
 
 if TYPE_CHECKING:
-    from orchestrator.host import SandboxHost
+    from orchestrator.dispatch.host import SandboxHost
 
 log = logging.getLogger(__name__)
 

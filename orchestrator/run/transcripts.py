@@ -28,8 +28,7 @@ import anyio.to_thread
 
 from orchestrator.errors import AdSandboxError
 from orchestrator.redaction import redactor
-from orchestrator.runtime.base import ContainerSpec, Mount, Runtime
-from orchestrator.sandbox import (
+from orchestrator.run.sandbox import (
     LABEL_LEASE,
     LABEL_OWNER,
     LABEL_RUN,
@@ -38,6 +37,7 @@ from orchestrator.sandbox import (
     scope_labels,
     volume_name,
 )
+from orchestrator.runtime.base import ContainerSpec, Mount, Runtime
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""The :class:`~orchestrator.service.DispatchService` the MCP server uses, over the dispatcher.
+"""The :class:`~orchestrator.dispatch.api.DispatchService` the MCP server uses, over the dispatcher.
 
 A caller that goes away (an MCP client disconnecting) does not cancel its runs here: they
 finish in the service's task group and stay readable; only an explicit cancel kills them.
@@ -13,17 +13,10 @@ from typing import Any
 
 import anyio
 
-from orchestrator import catalog, fanout
 from orchestrator.config import Agent, Config
 from orchestrator.configfile import update_config
-from orchestrator.dirpin import forget_directory, pin_directory
-from orchestrator.dispatch import Dispatcher, open_dispatcher
-from orchestrator.errors import AdSandboxError, UsageError
-from orchestrator.gateway.lifecycle import DAY_S
-from orchestrator.models import RunRecord, RunRequest
-from orchestrator.reaper import reap
-from orchestrator.results import DispatchResult, ProgressFn
-from orchestrator.service import (
+from orchestrator.dispatch import catalog, fanout
+from orchestrator.dispatch.api import (
     AgentArgs,
     AgentDetail,
     AgentInfo,
@@ -37,6 +30,13 @@ from orchestrator.service import (
     PoolInfo,
     SandboxStatus,
 )
+from orchestrator.dispatch.dispatcher import Dispatcher, open_dispatcher
+from orchestrator.errors import AdSandboxError, UsageError
+from orchestrator.gateway.lifecycle import DAY_S
+from orchestrator.models import RunRecord, RunRequest
+from orchestrator.results import DispatchResult, ProgressFn
+from orchestrator.run.dirpin import forget_directory, pin_directory
+from orchestrator.run.reaper import reap
 
 GC_AFTER_S = 7 * DAY_S
 FOREIGN_WAIT_MAX_S = 1.0
@@ -45,7 +45,7 @@ STATUSES = ("queued", "running", "finished")
 
 
 class Service:
-    """Implements :class:`orchestrator.service.DispatchService`."""
+    """Implements :class:`orchestrator.dispatch.api.DispatchService`."""
 
     def __init__(self, dispatcher: Dispatcher) -> None:
         self.dispatcher = dispatcher

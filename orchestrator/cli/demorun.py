@@ -16,7 +16,7 @@ import anyio
 
 from orchestrator.config import Agent, Config, EnvSource, ModelApi, Settings
 from orchestrator.configfile import save_config
-from orchestrator.dispatch import open_dispatcher
+from orchestrator.dispatch.dispatcher import open_dispatcher
 from orchestrator.models import RunRequest
 from orchestrator.paths import CONFIG_ENV, state_dir
 from orchestrator.results import DispatchResult

@@ -16,8 +16,8 @@ import time
 from collections.abc import Callable
 
 from orchestrator.errors import AdSandboxError, RunNotFound
+from orchestrator.run.sandbox import LABEL_CONFIG, LABEL_LEASE, LABEL_OWNER, LABEL_RUN
 from orchestrator.runtime.base import WORKSPACE_VOLUME_LABEL, ContainerState, Runtime
-from orchestrator.sandbox import LABEL_CONFIG, LABEL_LEASE, LABEL_OWNER, LABEL_RUN
 from orchestrator.state import StateStore, pid_alive
 
 log = logging.getLogger(__name__)

@@ -17,19 +17,19 @@ from typing import Any
 
 import anyio
 
-from orchestrator import claude, crosscheck, transcripts
+from orchestrator import claude
 from orchestrator.config import Agent, Config, LogSettings
 from orchestrator.errors import AdSandboxError
 from orchestrator.gateway.tokens import RunTokens, TokenInfo, token_digest
-from orchestrator.live import LiveRun
 from orchestrator.models import ClaudeResult, ErrorType, ExitReason, RunRecord, RunRequest
 from orchestrator.paths import state_dir
-from orchestrator.pool import WarmPool
 from orchestrator.privilege import scrub_after_run
 from orchestrator.redaction import redact, redactor
-from orchestrator.runlog import CappedLog
-from orchestrator.runtime.base import ExecResult, Runtime
-from orchestrator.sandbox import (
+from orchestrator.run import crosscheck, transcripts
+from orchestrator.run.live import LiveRun
+from orchestrator.run.pool import WarmPool
+from orchestrator.run.runlog import CappedLog
+from orchestrator.run.sandbox import (
     CONFIG_DIR,
     RUN_DIR,
     SECRETS_DIR,
@@ -39,6 +39,7 @@ from orchestrator.sandbox import (
     directory_owner,
     read_secrets,
 )
+from orchestrator.runtime.base import ExecResult, Runtime
 from orchestrator.state import StateStore
 
 log = logging.getLogger(__name__)

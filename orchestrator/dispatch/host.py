@@ -1,7 +1,7 @@
 """What one orchestrator process owns around its runs: the agents network, its gateway,
 the warm pools, the housekeeping (reaper, leases) and the budget hooks the gateway calls.
 
-:class:`orchestrator.dispatch.Dispatcher` builds on it; nothing here decides about a run.
+:class:`orchestrator.dispatch.dispatcher.Dispatcher` builds on it; nothing here decides about a run.
 """
 
 from __future__ import annotations
@@ -21,13 +21,13 @@ from orchestrator.configfile import ConfigSnapshot
 from orchestrator.errors import AdSandboxError, DockerUnavailable, UsageError
 from orchestrator.gateway.lifecycle import Gateway
 from orchestrator.gateway.tokens import TokenInfo
-from orchestrator.live import LiveRun
-from orchestrator.netguard import ensure_agents_network, guard_network
-from orchestrator.pool import WarmPool
-from orchestrator.reaper import reap
-from orchestrator.runner import GatewayHandle, RunEnv
+from orchestrator.run.live import LiveRun
+from orchestrator.run.netguard import ensure_agents_network, guard_network
+from orchestrator.run.pool import WarmPool
+from orchestrator.run.reaper import reap
+from orchestrator.run.runner import GatewayHandle, RunEnv
+from orchestrator.run.sandbox import agent_image, config_identity, directory_owner
 from orchestrator.runtime.base import NetworkInfo, Runtime
-from orchestrator.sandbox import agent_image, config_identity, directory_owner
 from orchestrator.state import StateStore
 
 log = logging.getLogger(__name__)
@@ -77,7 +77,7 @@ class SandboxHost:
         self._tg = tg
         self._warm = warm
         if self.reattach:
-            from orchestrator.reattach import adopt_orphans
+            from orchestrator.dispatch.reattach import adopt_orphans
 
             try:
                 adopted = await adopt_orphans(self)

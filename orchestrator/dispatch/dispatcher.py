@@ -16,9 +16,10 @@ from typing import Any
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
-from orchestrator import cache
 from orchestrator.config import Agent, Config
 from orchestrator.configfile import ConfigSnapshot
+from orchestrator.dispatch import cachekey as cache
+from orchestrator.dispatch.host import SandboxHost, docker_runtime
 from orchestrator.errors import (
     AdSandboxError,
     AgentNotFound,
@@ -28,17 +29,16 @@ from orchestrator.errors import (
     UsageError,
 )
 from orchestrator.gateway.lifecycle import DAY_S
-from orchestrator.host import SandboxHost, docker_runtime
-from orchestrator.live import LiveRun, report_progress
 from orchestrator.models import ExitReason, RunRecord, RunRequest
 from orchestrator.results import DispatchResult, ProgressFn
-from orchestrator.runner import execute
-from orchestrator.runtime.base import Runtime
-from orchestrator.sandbox import (
+from orchestrator.run.live import LiveRun, report_progress
+from orchestrator.run.runner import execute
+from orchestrator.run.sandbox import (
     agent_image,
     directory_owner,
     read_secrets,
 )
+from orchestrator.runtime.base import Runtime
 from orchestrator.state import StateStore
 from orchestrator.textinput import check_arguments
 
@@ -379,7 +379,7 @@ async def _shielded_task_group(*, task_status: TaskStatus[TaskGroup]) -> None:
 
 def open_service(*, warm: bool = True,
                  wait_for_runs: bool = True) -> AbstractAsyncContextManager[Any]:
-    """The MCP-facing service (see :mod:`orchestrator.service_impl`)."""
-    from orchestrator.service_impl import open_service as open_impl
+    """The MCP-facing service (see :mod:`orchestrator.dispatch.service`)."""
+    from orchestrator.dispatch.service import open_service as open_impl
 
     return open_impl(warm=warm, wait_for_runs=wait_for_runs)

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import anyio
 
-from orchestrator.dispatch import Dispatcher
+from orchestrator.dispatch.api import DialogueResult, DialogueTurn, ParallelResult
+from orchestrator.dispatch.dispatcher import Dispatcher
 from orchestrator.errors import AdSandboxError, UsageError
 from orchestrator.models import RunRequest, new_id
 from orchestrator.results import DispatchResult, ProgressFn
-from orchestrator.service import DialogueResult, DialogueTurn, ParallelResult
 
 MAX_PARALLEL = 50
 MAX_ROUNDS = 10

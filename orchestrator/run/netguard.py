@@ -18,9 +18,9 @@ import logging
 from collections.abc import Callable
 
 from orchestrator.config import Config
+from orchestrator.run.sandbox import AGENTS_NETWORK, MANAGED
 from orchestrator.runtime.base import NetworkInfo, Runtime
 from orchestrator.runtime.firewall import NETWORK_OPTIONS, FirewallStatus, ensure_host_firewall
-from orchestrator.sandbox import AGENTS_NETWORK, MANAGED
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""The core service: one object every face (CLI, MCP, the gateway) calls."""

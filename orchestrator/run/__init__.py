@@ -1,0 +1,1 @@
+"""One run in one container: its sandbox, its container, its life and its end."""
