@@ -10,13 +10,23 @@ import re
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from orchestrator.privilege import parse_user
 
 NAME_PATTERN = r"^[a-zA-Z0-9][a-zA-Z0-9_-]{0,62}$"
 """Agent and group names become container and volume names."""
 SECRET_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,127}$"
+CONFIG_DIR = "config_dir"
+"""Validation context key: the directory of the file being loaded (relative paths' base)."""
 _SIZE = re.compile(r"^(\d+(?:\.\d+)?)([kmg]?)b?$", re.IGNORECASE)
 _UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
 
@@ -179,10 +189,25 @@ class Agent(_Frozen):
                 raise ValueError(f"secret name {name!r} must match {SECRET_NAME_PATTERN}")
         return value
 
+    _base: Path | None = PrivateAttr(default=None)
+    """The directory of the file this agent was loaded from, kept only when ``directory`` is
+    relative (so agents with absolute directories compare equal whatever file held them)."""
+
+    @model_validator(mode="after")
+    def _anchor(self, info: ValidationInfo) -> Agent:
+        base = (info.context or {}).get(CONFIG_DIR)
+        if base is not None and not Path(self.directory).expanduser().is_absolute():
+            self._base = Path(base)
+        return self
+
     @property
     def path(self) -> Path:
-        """The agent directory, with ``~`` expanded, absolute."""
-        return Path(self.directory).expanduser().absolute()
+        """The agent directory, with ``~`` expanded, absolute; a relative one is relative to
+        the config file it came from (to the current directory for a config from no file)."""
+        path = Path(self.directory).expanduser()
+        if self._base is not None and not path.is_absolute():
+            path = self._base / path
+        return path.absolute()
 
 
 class GroupMember(_Frozen):

@@ -19,7 +19,7 @@ import yaml
 from filelock import FileLock
 from pydantic import ValidationError
 
-from orchestrator.config import Config
+from orchestrator.config import CONFIG_DIR, Config
 from orchestrator.configerrors import describe_validation_error
 from orchestrator.configyaml import BoundedLoader, compose
 from orchestrator.errors import ConfigError
@@ -33,6 +33,7 @@ LOCK_TIMEOUT = 30.0
 
 def load_config(path: Path | None = None) -> Config:
     """The config at ``path`` (default :func:`config_path`); a missing file is an empty config.
+    Relative agent directories in it are relative to the file's directory.
 
     Raises :class:`ConfigError` naming the file, line, key path and bad value.
     """
@@ -51,7 +52,8 @@ def load_config(path: Path | None = None) -> Config:
 
 
 def parse_config(text: str, path: Path) -> Config:
-    """Validate YAML ``text``; ``path`` is only used to name the file in errors."""
+    """Validate YAML ``text`` read from ``path`` (named in errors; relative agent directories
+    are relative to its directory)."""
     node, data = _compose(text, path)
     if data is None:
         return Config()
@@ -64,7 +66,7 @@ def parse_config(text: str, path: Path) -> Config:
     # An empty section (`agents:` with nothing below) means "none", not "wrong type".
     data = {key: value for key, value in data.items() if value is not None}
     try:
-        return Config.model_validate(data)
+        return Config.model_validate(data, context=_context(path))
     except ValidationError as exc:
         raise ConfigError(
             describe_validation_error(exc, node=node, source=path.name),
@@ -103,7 +105,9 @@ def update_config(fn: Callable[[Config], Config], path: Path | None = None) -> C
     with _lock(path):
         new = fn(load_config(path))
         _write(new, path)
-    return new
+    # As the next load will read it: relative directories anchored at this file.
+    return Config.model_validate(new.model_dump(mode="json", exclude_unset=True),
+                                 context=_context(path))
 
 
 class ConfigSnapshot:
@@ -143,6 +147,11 @@ class ConfigSnapshot:
         except FileNotFoundError:
             return (0, -1, 0)
         return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+
+def _context(path: Path) -> dict[str, Path]:
+    """Relative agent directories in the file at ``path`` are relative to its directory."""
+    return {CONFIG_DIR: path.expanduser().absolute().parent}
 
 
 def _compose(text: str, path: Path) -> tuple[yaml.Node | None, Any]:

@@ -1,46 +1,54 @@
 """The one error tree of ad-sandbox.
 
 Every error says what happened and what to do next (``hint``), and carries the data
-that explains it. The CLI maps ``exit_code`` to the process exit status (SPEC §8) and
-the MCP server maps ``error_type`` to a result the calling model can act on (SPEC §6)::
+that explains it. Each class names an ``error_type``; its exit code (SPEC §8) and default
+hint come from the one table of outcomes, :mod:`orchestrator.outcomes`. The CLI exits with
+``exit_code`` and the MCP server answers with ``error_type`` (SPEC §6)::
 
-    AdSandboxError                      exit 2  cli_error
-    ├── ConfigError                     exit 2  cli_error   bad file, key or value
-    ├── UsageError                      exit 2  cli_error   bad argument
+    AdSandboxError                      exit 2  config      state store, stub, helper
+    ├── ConfigError                     exit 2  config      bad file, key, value or secret
+    ├── UsageError                      exit 2  bad_request bad argument
     │   ├── AgentNotFound               exit 2  not_found
     │   ├── RunNotFound                 exit 2  not_found
     │   ├── PermissionDenied            exit 2  permission  outside allowed roots
-    │   └── DirectoryChanged            exit 2  cli_error   agent directory swapped
-    ├── LimitExceeded                   exit 3
-    │   ├── RunTimeout                  exit 3  timeout
-    │   ├── BudgetExceeded              exit 3  budget
-    │   └── RecursionLimit              exit 3  recursion
-    ├── SandboxError                    exit 4  sandbox
-    │   ├── DockerUnavailable           exit 4  sandbox     engine not reachable
-    │   ├── ImageMissing                exit 4  sandbox
-    │   ├── ContainerFailed             exit 4  sandbox     create/start/exec failed
-    │   ├── FirewallError               exit 4  sandbox     host firewall not in place
-    │   └── OutOfMemory                 exit 4  oom
-    └── TaskFailed                      exit 1  cli_error   the agent ran and failed
+    │   └── DirectoryChanged            exit 2  bad_request agent directory swapped
+    ├── BudgetExceeded                  exit 3  budget
+    ├── RecursionLimit                  exit 3  recursion
+    └── SandboxError                    exit 4  sandbox
+        ├── DockerUnavailable           exit 4  sandbox     engine not reachable
+        ├── ImageMissing                exit 4  sandbox
+        ├── ContainerFailed             exit 4  sandbox     create/start/exec failed
+        └── FirewallError               exit 4  sandbox     host firewall not in place
+
+A run that times out, runs out of memory, is cancelled or fails its task is not an
+exception: it is a result whose ``exit_reason`` and ``error_type`` the same table explains.
 """
 
 from __future__ import annotations
 
 from typing import Any, ClassVar
 
+from orchestrator.outcomes import FAILURES, ErrorType
+
 
 class AdSandboxError(Exception):
     """Base of every error ad-sandbox raises on purpose."""
 
-    exit_code: ClassVar[int] = 2
-    error_type: ClassVar[str] = "cli_error"
-    default_hint: ClassVar[str] = "Run `ad-sandbox doctor` to check the setup."
+    error_type: ClassVar[ErrorType] = "config"
+    default_hint: ClassVar[str | None] = None
+    """None: the hint of ``error_type`` in the table of outcomes."""
 
     def __init__(self, message: str, *, hint: str | None = None, **data: Any) -> None:
         super().__init__(message)
         self.message = message
-        self.hint = hint if hint is not None else self.default_hint
+        default = self.default_hint or FAILURES[self.error_type].hint
+        self.hint = hint if hint is not None else default
         self.data = data
+
+    @property
+    def exit_code(self) -> int:
+        """The CLI exit status (SPEC §8), from the table of outcomes."""
+        return FAILURES[self.error_type].exit_code
 
     def __str__(self) -> str:
         return self.message
@@ -51,26 +59,27 @@ class AdSandboxError(Exception):
 
 
 class ConfigError(AdSandboxError):
-    default_hint = "Fix the configuration file and try again (`ad-sandbox doctor` checks it)."
+    """A configuration file, key, value or secret source that cannot be used."""
 
 
 class UsageError(AdSandboxError):
-    default_hint = "See `ad-sandbox --help`."
+    """A request or argument that is wrong as given."""
+
+    error_type: ClassVar[ErrorType] = "bad_request"
 
 
 class AgentNotFound(UsageError):
-    error_type = "not_found"
+    error_type: ClassVar[ErrorType] = "not_found"
     default_hint = "Run `ad-sandbox list` to see the registered agents."
 
 
 class RunNotFound(UsageError):
-    error_type = "not_found"
+    error_type: ClassVar[ErrorType] = "not_found"
     default_hint = "Run `ad-sandbox jobs` to see recent runs."
 
 
 class PermissionDenied(UsageError):
-    error_type = "permission"
-    default_hint = "Check settings.allowed_roots and the agent's dispatch_to list."
+    error_type: ClassVar[ErrorType] = "permission"
 
 
 class DirectoryChanged(UsageError):
@@ -80,29 +89,20 @@ class DirectoryChanged(UsageError):
                     "`ad-sandbox update NAME --directory DIR`.")
 
 
-class LimitExceeded(AdSandboxError):
-    exit_code = 3
-    default_hint = "Raise the limit in the configuration or make the task smaller."
+class BudgetExceeded(AdSandboxError):
+    """A dispatch refused before it starts: a money budget is spent."""
+
+    error_type: ClassVar[ErrorType] = "budget"
 
 
-class RunTimeout(LimitExceeded):
-    error_type = "timeout"
-    default_hint = "Give the run a longer timeout, or resume its session with a narrower task."
+class RecursionLimit(AdSandboxError):
+    """A nested dispatch deeper than the configured limit."""
 
-
-class BudgetExceeded(LimitExceeded):
-    error_type = "budget"
-    default_hint = "Raise settings.budget or the agent's max_budget_usd, or wait a while."
-
-
-class RecursionLimit(LimitExceeded):
-    error_type = "recursion"
-    default_hint = "Answer the task yourself instead of dispatching further."
+    error_type: ClassVar[ErrorType] = "recursion"
 
 
 class SandboxError(AdSandboxError):
-    exit_code = 4
-    error_type = "sandbox"
+    error_type: ClassVar[ErrorType] = "sandbox"
     default_hint = "Run `ad-sandbox doctor` to check the Docker engine and images."
 
 
@@ -123,13 +123,3 @@ class FirewallError(SandboxError):
 
     default_hint = ("Run as root with iptables installed, or set `settings.host_firewall: off` "
                     "to run without the host firewall.")
-
-
-class OutOfMemory(SandboxError):
-    error_type = "oom"
-    default_hint = "Raise the agent's resources.memory or make the task lighter."
-
-
-class TaskFailed(AdSandboxError):
-    exit_code = 1
-    default_hint = "Read the result text; resume the session to continue."

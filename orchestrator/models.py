@@ -8,13 +8,13 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-ExitReason = Literal["completed", "timeout", "oom", "cancelled", "crashed", "budget"]
+from orchestrator.outcomes import ErrorType, ExitReason
+
+__all__ = ["ClaudeResult", "ErrorType", "ExitReason", "Outcome", "RunRecord", "RunRequest",
+           "RunStatus", "new_id"]
+
 RunStatus = Literal["queued", "running", "finished"]
 Outcome = Literal["done", "partial", "blocked"]
-ErrorType = Literal[
-    "timeout", "budget", "recursion", "not_found", "permission",
-    "usage_limit", "oom", "sandbox", "cli_error",
-]
 
 
 def new_id() -> str:

@@ -12,10 +12,15 @@ import typer
 from orchestrator.cli.app import app, handles_errors, out
 from orchestrator.config import NAME_PATTERN, Agent, Config
 from orchestrator.configfile import load_config, update_config
-from orchestrator.dispatch.catalog import resolve_directory, with_agent, without_agent
+from orchestrator.dispatch import (
+    forget_agent,
+    pin_agent,
+    resolve_directory,
+    with_agent,
+    without_agent,
+)
 from orchestrator.errors import UsageError
-from orchestrator.run.dirpin import forget_directory, nested_agents, pin_directory
-from orchestrator.state import StateStore
+from orchestrator.paths import config_path, stored_directory
 
 Description = Annotated[str | None, typer.Option(help="What the agent knows; shown to callers.")]
 Model = Annotated[str | None, typer.Option(help="Model alias or id, e.g. sonnet.")]
@@ -72,7 +77,9 @@ def check_name(name: str, what: str = "agent") -> None:
 
 
 def _directory(raw: str, config: Config) -> str:
-    return resolve_directory(raw, config)
+    """The checked directory as the file stores it: relative to the file when given relative
+    and below it (a repository's own agents file), else absolute."""
+    return stored_directory(raw, resolve_directory(raw, config), config_path())
 
 
 def _secret(spec: str) -> tuple[str, dict[str, str]]:
@@ -226,18 +233,15 @@ def remove(name: Annotated[str, typer.Argument(help="Agent name.")]) -> None:
         return updated
 
     update_config(apply)
-    with StateStore() as state:
-        forget_directory(state, name)
+    forget_agent(name)
     out(f"removed agent {name}" + (f" (also from {', '.join(dropped)})" if dropped else ""))
 
 
 def _pin_and_warn(config: Config, name: str) -> None:
     """Pin the agent's directory as it is now (every run checks it is still that one), and
     warn when it lies inside another agent's directory or holds one."""
-    with StateStore() as state:
-        pin_directory(state, name, config.agents[name])
-    for nesting in nested_agents(config, only=name):
-        typer.echo(f"warning: {nesting.warning()}", err=True)
+    for warning in pin_agent(config, name):
+        typer.echo(f"warning: {warning}", err=True)
 
 
 def health(agent: Agent) -> str:

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import sys
 from collections.abc import Callable
 from functools import wraps
+from pathlib import Path
 from typing import Annotated, ParamSpec, TypeVar
 
 import typer
 
 from orchestrator.errors import AdSandboxError
+from orchestrator.paths import CONFIG_ENV, locate_config
 from orchestrator.textinput import check_arguments
+
+log = logging.getLogger(__name__)
 
 app = typer.Typer(
     name="ad-sandbox",
@@ -25,6 +31,10 @@ app = typer.Typer(
 @app.callback()
 def _root(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log what happens.")] = False,
+    config: Annotated[Path | None, typer.Option(
+        "--config", metavar="PATH", dir_okay=False,
+        help=f"The agents file to use (sets {CONFIG_ENV}). Default: ./ad-sandbox.yaml, "
+        "else ad-sandbox.yaml at the git root, else ~/.config/ad-sandbox/agents.yaml.")] = None,
 ) -> None:
     """Callable Claude Code agents, one Docker container per run."""
     logging.basicConfig(
@@ -32,6 +42,12 @@ def _root(
         format="%(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if config is not None:
+        # Through the environment, so children (serve, demo's server) read the same file.
+        os.environ[CONFIG_ENV] = str(config.expanduser().absolute())
+    if verbose:
+        with contextlib.suppress(AdSandboxError):  # the command reports it
+            log.info("config: %s", locate_config().describe())
 
 
 image_app = typer.Typer(no_args_is_help=True, help="Build and inspect the agent images.")

@@ -6,7 +6,7 @@ import typer
 
 from orchestrator.cli.app import app, handles_errors, out
 from orchestrator.cli.demorun import run_demo
-from orchestrator.runtime.images import ensure_images
+from orchestrator.dispatch import ensure_images
 
 
 @app.command("demo")
@@ -14,6 +14,6 @@ from orchestrator.runtime.images import ensure_images
 def demo() -> None:
     """Build the images if missing, provision two sample agents, run tasks on them directly
     and through the MCP server."""
-    built = ensure_images(progress=lambda line: typer.echo(f"  {line}", err=True))
+    built = ensure_images(lambda line: typer.echo(f"  {line}", err=True))
     out(f"images: {'built ' + ', '.join(built) if built else 'present'}")
     raise typer.Exit(0 if run_demo(out) else 1)

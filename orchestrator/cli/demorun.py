@@ -16,7 +16,7 @@ import anyio
 
 from orchestrator.config import Agent, Config, EnvSource, ModelApi, Settings
 from orchestrator.configfile import save_config
-from orchestrator.dispatch.dispatcher import open_dispatcher
+from orchestrator.dispatch import open_command_service
 from orchestrator.models import RunRequest
 from orchestrator.paths import CONFIG_ENV, state_dir
 from orchestrator.results import DispatchResult
@@ -97,11 +97,11 @@ def run_demo(say: Callable[[str], None]) -> bool:
 
     async def main() -> list[DispatchResult]:
         results = []
-        async with open_dispatcher() as dispatcher:
+        async with open_command_service() as service:
             for task in TASKS:
                 text = task.online if online else task.offline
                 say(f"\n$ ad-sandbox run {task.agent} {text!r}")
-                result = await dispatcher.dispatch(
+                result = await service.run(
                     RunRequest(agent=task.agent, task=text, caller="demo"))
                 say(f"  {'ok' if result.success else 'FAILED'}: {result.result.strip()}")
                 if not result.success:

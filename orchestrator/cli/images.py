@@ -9,7 +9,7 @@ import typer
 
 import orchestrator
 from orchestrator.cli.app import handles_errors, image_app, out
-from orchestrator.runtime import images
+from orchestrator.dispatch import agent_ref, build_images, image_status, list_images
 
 
 def _progress(line: str) -> None:
@@ -39,10 +39,10 @@ def build(
 ) -> None:
     """Build ad-sandbox/base and ad-sandbox/agent (skipped when already up to date)."""
     started = time.monotonic()
-    if if_missing and images.image_status(images.agent_ref(claude_version)) is not None:
-        out(f"{images.agent_ref(claude_version)} present")
+    if if_missing and image_status(agent_ref(claude_version)) is not None:
+        out(f"{agent_ref(claude_version)} present")
         return
-    built = images.build_images(
+    built = build_images(
         offline_base=offline_base, claude_version=claude_version, force=force,
         progress=_progress,
     )
@@ -54,7 +54,7 @@ def build(
 @handles_errors
 def ls() -> None:
     """List the images ad-sandbox built, with sizes and claude versions."""
-    found = images.list_images()
+    found = list_images()
     if not found:
         out("no ad-sandbox images; build them with `ad-sandbox image build`")
         return

@@ -10,12 +10,17 @@ import anyio
 import typer
 
 from orchestrator.cli.app import app, handles_errors, out
-from orchestrator.dispatch.dispatcher import open_dispatcher
-from orchestrator.dispatch.service import GC_AFTER_S
-from orchestrator.gateway.lifecycle import DAY_S
+from orchestrator.dispatch import (
+    DAY_S,
+    GC_AFTER_S,
+    Collected,
+    JobStatus,
+    find_run,
+    list_runs,
+    open_command_service,
+    run_stats,
+)
 from orchestrator.models import RunRecord
-from orchestrator.run.reaper import reap
-from orchestrator.state import StateStore
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 
@@ -38,8 +43,7 @@ def jobs(
     as_json: JsonFlag = False,
 ) -> None:
     """Recent runs (sync dispatches and async jobs alike), newest first."""
-    with StateStore() as state:
-        records = state.list_runs(status=status, agent=agent, limit=limit)
+    records = list_runs(status=status, agent=agent, limit=limit)
     if as_json:
         out(json.dumps([r.model_dump(mode="json") for r in records], indent=2))
         return
@@ -57,8 +61,7 @@ def job(
     as_json: JsonFlag = False,
 ) -> None:
     """One run's full record: status, exit reason, result, cost, container."""
-    with StateStore() as state:
-        record = state.find_run(run_id)
+    record = find_run(run_id)
     if as_json:
         out(json.dumps(record.model_dump(mode="json"), indent=2))
         return
@@ -77,14 +80,13 @@ def job(
 def cancel(run_id: Annotated[str, typer.Argument(help="A run id or a unique prefix.")]) -> None:
     """Kill a running run's container; its owner records it as cancelled."""
 
-    async def main() -> RunRecord:
-        async with open_dispatcher() as dispatcher:
-            record = dispatcher.state.find_run(run_id)
-            return await dispatcher.cancel(record.run_id)
+    async def main() -> JobStatus:
+        async with open_command_service() as service:
+            return await service.cancel(run_id)
 
-    record = anyio.run(main)
-    out(f"{record.run_id}: {record.status}"
-        + (f" ({record.exit_reason})" if record.exit_reason else " (cancel requested)"))
+    cancelled = anyio.run(main)
+    out(f"{cancelled.job_id}: {cancelled.status}"
+        + (f" ({cancelled.exit_reason})" if cancelled.exit_reason else " (cancel requested)"))
 
 
 @app.command("gc")
@@ -98,16 +100,14 @@ def gc(
 ) -> None:
     """Remove finished run records past retention and reap leftover containers."""
 
-    async def main() -> int:
-        # Opening the dispatcher reaps this config's leftovers; --all widens that once.
-        async with open_dispatcher() as dispatcher:
-            if every:
-                removed = await anyio.to_thread.run_sync(
-                    lambda: reap(dispatcher.runtime, dispatcher.state, scope=None))
-                out(f"reaped {len(removed)} container(s) of every config")
-            return dispatcher.state.gc_runs(older_than_days * DAY_S)
+    async def main() -> Collected:
+        async with open_command_service() as service:
+            return await service.collect(older_than_days * DAY_S, every_config=every)
 
-    out(f"removed {anyio.run(main)} run record(s)")
+    collected = anyio.run(main)
+    if every:
+        out(f"reaped {len(collected.containers)} container(s) of every config")
+    out(f"removed {collected.runs} run record(s)")
 
 
 @app.command("stats")
@@ -117,8 +117,7 @@ def stats(
     as_json: JsonFlag = False,
 ) -> None:
     """Runs, successes, failures by exit reason, cost and durations per agent."""
-    with StateStore() as state:
-        data = state.stats(since=time.time() - days * DAY_S)
+    data = run_stats(days)
     if as_json:
         out(json.dumps(data, indent=2))
         return

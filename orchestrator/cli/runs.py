@@ -9,8 +9,9 @@ from typing import Annotated
 import anyio
 import typer
 
+from orchestrator import outcomes
 from orchestrator.cli.app import app, handles_errors, out
-from orchestrator.dispatch.dispatcher import open_dispatcher
+from orchestrator.dispatch import open_command_service
 from orchestrator.models import RunRequest
 from orchestrator.results import DispatchResult, ProgressUpdate
 from orchestrator.textinput import read_task
@@ -19,20 +20,8 @@ DEFAULT_TEST_TASK = "Describe this project in two sentences."
 
 
 def exit_code_for(result: DispatchResult) -> int:
-    """SPEC §8: 0 ok, 1 task failed, 3 limit hit, 4 sandbox or Docker problem."""
-    if result.success:
-        return 0
-    if result.exit_reason == "crashed" and result.error_type == "cli_error":
-        return 2  # a usage or config error found before any container existed
-    if result.error_type in ("timeout", "budget", "recursion") or result.exit_reason in (
-        "timeout", "budget",
-    ):
-        return 3
-    if result.error_type in ("sandbox", "oom") or result.exit_reason in ("oom", "crashed"):
-        return 4
-    if result.error_type in ("not_found", "permission"):
-        return 2
-    return 1
+    """SPEC §8: 0 ok, 1 task failed, 2 usage or config, 3 limit hit, 4 sandbox or Docker."""
+    return outcomes.exit_code(result.success, result.error_type, result.exit_reason)
 
 
 def dispatch_once(request: RunRequest, *, show_progress: bool) -> DispatchResult:
@@ -40,8 +29,8 @@ def dispatch_once(request: RunRequest, *, show_progress: bool) -> DispatchResult
         sys.stderr.write(f"… {update.message()}\n")
 
     async def main() -> DispatchResult:
-        async with open_dispatcher() as dispatcher:
-            return await dispatcher.dispatch(request, progress=show if show_progress else None)
+        async with open_command_service() as service:
+            return await service.run(request, progress=show if show_progress else None)
 
     return anyio.run(main)
 

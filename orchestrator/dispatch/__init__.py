@@ -1,1 +1,88 @@
-"""The core service: one object every face (CLI, MCP, the gateway) calls."""
+"""The core service: one object every face (CLI, MCP, the gateway) calls.
+
+The faces import only this package: the :class:`Service` and the models it speaks
+(:mod:`.api`), its openers, and the machine operations a command runs without a service
+(:mod:`.machine`, :mod:`.records`, :mod:`.probes`). What lies below (runs, runtime, state)
+stays behind it.
+"""
+
+from orchestrator.dispatch.api import (
+    AgentArgs,
+    AgentDetail,
+    AgentInfo,
+    AgentList,
+    AgentRemoved,
+    BudgetLeft,
+    ContainerInfo,
+    Count,
+    DialogueResult,
+    DialogueTurn,
+    DispatchArgs,
+    DispatchService,
+    FetchedResult,
+    GroupDetail,
+    GroupInfo,
+    GroupList,
+    GroupMemberInfo,
+    JobList,
+    JobStarted,
+    JobStatus,
+    ParallelResult,
+    PoolInfo,
+    SandboxStatus,
+)
+from orchestrator.dispatch.catalog import resolve_directory, with_agent, without_agent
+from orchestrator.dispatch.machine import (
+    ContainerRow,
+    Listing,
+    NetworkReady,
+    Removal,
+    TakenDown,
+    agent_ref,
+    agent_volume,
+    build_images,
+    ensure_images,
+    image_status,
+    list_images,
+    list_machine,
+    provision_network,
+    take_down,
+)
+from orchestrator.dispatch.probes import (
+    Check,
+    check_directories,
+    check_engine,
+    check_firewall,
+    check_images,
+    check_isolation,
+)
+from orchestrator.dispatch.records import (
+    find_run,
+    follow_log,
+    forget_agent,
+    list_runs,
+    pin_agent,
+    run_stats,
+)
+from orchestrator.dispatch.service import (
+    GC_AFTER_S,
+    Collected,
+    Service,
+    open_command_service,
+    open_service,
+)
+from orchestrator.gateway.lifecycle import DAY_S
+
+__all__ = [
+    "DAY_S", "GC_AFTER_S", "AgentArgs", "AgentDetail", "AgentInfo", "AgentList",
+    "AgentRemoved", "BudgetLeft", "Check", "Collected", "ContainerInfo", "ContainerRow",
+    "Count", "DialogueResult", "DialogueTurn", "DispatchArgs", "DispatchService",
+    "FetchedResult", "GroupDetail", "GroupInfo", "GroupList", "GroupMemberInfo", "JobList",
+    "JobStarted", "JobStatus", "Listing", "NetworkReady", "ParallelResult", "PoolInfo",
+    "Removal", "SandboxStatus", "Service", "TakenDown", "agent_ref", "agent_volume",
+    "build_images", "check_directories", "check_engine", "check_firewall", "check_images",
+    "check_isolation", "ensure_images", "find_run", "follow_log", "forget_agent",
+    "image_status", "list_images", "list_machine", "list_runs", "open_command_service",
+    "open_service", "pin_agent", "provision_network", "resolve_directory", "run_stats",
+    "take_down", "with_agent", "without_agent",
+]

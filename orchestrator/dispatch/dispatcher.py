@@ -1,8 +1,8 @@
 """The dispatcher: validation → limits → cache → run in a container → record (SPEC §2, §6).
 
 No Typer, no MCP, no docker imports: the CLI and the MCP server are thin layers over it.
-Runs execute in the service's own task group, so a caller that goes away loses nothing: the
-run finishes and its record is readable later.
+Runs execute in the host's task group, so a caller that goes away loses nothing: the run
+finishes and its record is readable later.
 """
 
 from __future__ import annotations
@@ -10,8 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Any
+from contextlib import asynccontextmanager
 
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
@@ -19,95 +18,71 @@ from anyio.abc import TaskGroup, TaskStatus
 from orchestrator.config import Agent, Config
 from orchestrator.configfile import ConfigSnapshot
 from orchestrator.dispatch import cachekey as cache
-from orchestrator.dispatch.host import SandboxHost, docker_runtime
-from orchestrator.errors import (
-    AdSandboxError,
-    AgentNotFound,
-    BudgetExceeded,
-    ContainerFailed,
-    RecursionLimit,
-    UsageError,
-)
+from orchestrator.dispatch.checks import check_request
+from orchestrator.dispatch.host import Host, docker_runtime
+from orchestrator.dispatch.reattach import adopt_orphans
+from orchestrator.errors import AdSandboxError, BudgetExceeded, ContainerFailed
 from orchestrator.gateway.lifecycle import DAY_S
 from orchestrator.models import ExitReason, RunRecord, RunRequest
+from orchestrator.outcomes import reason_error
 from orchestrator.results import DispatchResult, ProgressFn
 from orchestrator.run.live import LiveRun, report_progress
+from orchestrator.run.prepared import Prepared
 from orchestrator.run.runner import execute
-from orchestrator.run.sandbox import (
-    agent_image,
-    directory_owner,
-    read_secrets,
-)
 from orchestrator.runtime.base import Runtime
 from orchestrator.state import StateStore
 from orchestrator.textinput import check_arguments
 
 log = logging.getLogger(__name__)
 
-MAX_PROMPT_CHARS = 400_000
-"""Task + context + goal. Beyond this the model's context window is the wrong channel."""
 SLOT_RECHECK_S = 0.2
 """Waiting for a slot another process holds: local releases wake at once, others are re-read."""
 
 
-def unavailable_features(agent: Agent) -> str | None:
-    """Settings the config accepts (SPEC §3) that runs cannot honour yet: refused, never
-    silently ignored, because each changes what the sandbox lets through."""
-    if agent.network.egress != "gateway-only":
-        return f"network.egress: {agent.network.egress}"
-    if agent.allow_hosts:
-        return "allow_hosts"
-    if agent.dispatch_to:
-        return "dispatch_to (nested dispatch)"
-    return None
+class Dispatcher:
+    """The request flow over a :class:`Host`. Create with :func:`open_dispatcher`."""
 
+    def __init__(self, host: Host) -> None:
+        self.host = host
+        self.state = host.state
+        self._busy = 0
+        self._idle = anyio.Event()
+        self._inflight: dict[str, LiveRun] = {}
+        """Runs computing a cache key's answer: an identical request waits for theirs."""
+        self._slot_freed = anyio.Event()
 
-class Dispatcher(SandboxHost):
-    """The core service. Create with :func:`open_dispatcher`."""
+    @property
+    def config(self) -> Config:
+        """The config as it is now (for listings); a run keeps its :class:`Prepared` one."""
+        return self.host.config
+
+    async def start(self) -> None:
+        """Re-attach orphaned runs (when adoptable), then start the host."""
+        if self.host.adoptable:
+            try:
+                adopted = await adopt_orphans(self.host)
+            except AdSandboxError as exc:
+                log.warning("re-attach skipped: %s", exc.one_line())
+            else:
+                if adopted:
+                    log.info("re-attached %d run(s): %s", len(adopted), ", ".join(adopted))
+        await self.host.start()
+
+    def live(self, run_id: str) -> LiveRun | None:
+        """The in-memory side of a run of this process, while it is in flight."""
+        return self.host.live(run_id)
 
     # ---- dispatch --------------------------------------------------------------------
 
-    def validate(self, request: RunRequest) -> Agent:
-        """Reject bad input before anything runs or is recorded."""
-        config = self.config
-        agent = config.agent(request.agent)
-        if not request.task.strip():
-            raise UsageError("the task is empty", hint="Say what the agent should do.")
-        size = len(request.task) + len(request.context) + len(request.goal)
-        if size > MAX_PROMPT_CHARS:
-            raise UsageError(
-                f"task, context and goal are {size:,} characters; the limit is "
-                f"{MAX_PROMPT_CHARS:,}",
-                hint="Put large material in a file in the agent's project and name the file.",
-            )
-        if request.timeout is not None and request.timeout <= 0:
-            raise UsageError(f"timeout must be positive, got {request.timeout}")
-        if request.group is not None and request.group not in config.groups:
-            known = ", ".join(sorted(config.groups)) or "none defined"
-            raise AgentNotFound(f"unknown group {request.group!r} (known: {known})",
-                                hint="Call list_groups, or leave group empty.")
-        limit = config.settings.max_dispatch_depth
-        if request.depth > limit:
-            raise RecursionLimit(f"dispatch depth {request.depth} exceeds the limit {limit}")
-        return agent
+    def check(self, request: RunRequest) -> Prepared:
+        """Everything that can be known wrong before a container exists, against the config
+        as it is now; the run then uses the returned value, not a later config."""
+        return check_request(self.host.config, request, self.state)
 
-    def check(self, request: RunRequest) -> Agent:
-        """Everything that can be known wrong before a container exists."""
-        agent = self.validate(request)
-        unavailable = unavailable_features(agent)
-        if unavailable:
-            raise UsageError(
-                f"agent {request.agent!r} asks for {unavailable}, which this version does "
-                "not provide yet (its runs get the gateway-only network and no nested dispatch)",
-                hint=f"Remove it from the agent (`ad-sandbox describe {request.agent}`) to run "
-                "with the defaults.",
-            )
-        directory_owner(request.agent, agent, self.state)
-        read_secrets(request.agent, agent)
-        return agent
-
-    def submit(self, request: RunRequest) -> LiveRun:
-        """Record ``request`` and validate it; the returned run has not started.
+    def submit(self, request: RunRequest,
+               prepared: Prepared | None = None) -> tuple[LiveRun, Prepared]:
+        """Record ``request`` and check it (unless ``prepared`` is its check, done by the
+        caller); the returned run has not started.
 
         Bad input still leaves a record (ended, with the error) before the error is raised;
         text that is not UTF-8 (a JSON ``\\udcff`` escape over MCP) cannot be recorded at all.
@@ -120,21 +95,22 @@ class Dispatcher(SandboxHost):
             depth=request.depth,
             parent_id=request.parent_run_id,
             task=request.task[:2000],
-            owner_pid=self.pid,
-            adoptable=self.reattach,
+            owner_pid=self.host.pid,
+            adoptable=self.host.adoptable,
             response_format=request.response_format,
         )
         if request.root_run_id:
             record.root_id = request.root_run_id
         self.state.insert_run(record)
         live = LiveRun(record)
-        try:
-            self.check(request)
-        except AdSandboxError as exc:
-            live.finish(self._end_with_error(record.run_id, exc))
-            raise
-        self._live[record.run_id] = live
-        return live
+        if prepared is None:
+            try:
+                prepared = self.check(request)
+            except AdSandboxError as exc:
+                live.finish(self._end_with_error(record.run_id, exc))
+                raise
+        self.host.track(live)
+        return live, prepared
 
     def _end_with_error(self, run_id: str, exc: AdSandboxError,
                         exit_reason: ExitReason = "crashed") -> RunRecord:
@@ -143,16 +119,16 @@ class Dispatcher(SandboxHost):
             error=exc.message, error_type=exc.error_type, hint=exc.hint,
             finished_at=time.time())
 
-    async def dispatch(self, request: RunRequest, *, progress: ProgressFn | None = None,
+    async def dispatch(self, request: RunRequest, *, prepared: Prepared | None = None,
+                       progress: ProgressFn | None = None,
                        cancel_on_abandon: bool = True) -> DispatchResult:
-        """Run ``request`` to its end.
+        """Run ``request`` to its end (``prepared``: its :meth:`check`, already done).
 
         A cancelled caller cancels (kills) the run when ``cancel_on_abandon``; otherwise the
-        run goes on in the service's task group and its record is read later.
+        run goes on in the host's task group and its record is read later.
         """
-        live = self.submit(request)
-        assert self._tg is not None, "dispatcher not started"
-        self._tg.start_soon(self._run, request, live)
+        live, prepared = self.submit(request, prepared)
+        self.host.spawn(self._run, request, prepared, live)
         try:
             async with anyio.create_task_group() as tg:
                 if progress is not None:
@@ -167,9 +143,8 @@ class Dispatcher(SandboxHost):
         return self.result_of(live.record)
 
     def start_async(self, request: RunRequest) -> str:
-        live = self.submit(request)
-        assert self._tg is not None, "dispatcher not started"
-        self._tg.start_soon(self._run, request, live)
+        live, prepared = self.submit(request)
+        self.host.spawn(self._run, request, prepared, live)
         return live.run_id
 
     def result_of(self, record: RunRecord) -> DispatchResult:
@@ -180,14 +155,14 @@ class Dispatcher(SandboxHost):
         while self._busy:
             await self._idle.wait()
 
-    async def _run(self, request: RunRequest, live: LiveRun) -> None:
+    async def _run(self, request: RunRequest, prepared: Prepared, live: LiveRun) -> None:
         if not self._busy:
             self._idle = anyio.Event()
         self._busy += 1
         try:
             with anyio.CancelScope() as scope:
-                live.scope = scope
-                await self._run_inner(request, live)
+                live.run_in(scope)
+                await self._run_inner(request, prepared, live)
             if scope.cancelled_caught and not live.done:
                 live.finish(self._end_cancelled(live.run_id, "before its agent started"))
         except AdSandboxError as exc:  # e.g. the engine went away before the container
@@ -207,21 +182,21 @@ class Dispatcher(SandboxHost):
                 raise
             log.exception("run %s failed inside the orchestrator", live.run_id)
         finally:
-            self._live.pop(live.run_id, None)
+            self.host.untrack(live)
             self._busy -= 1
             if not self._busy:
                 self._idle.set()
 
     def _end_cancelled(self, run_id: str, when: str) -> RunRecord:
+        error_type, hint = reason_error("cancelled")
         return self.state.update_run(
             run_id, status="finished", success=False, exit_reason="cancelled",
-            error_type="cli_error", error=f"cancelled {when}",
-            hint="Dispatch again if the task is still needed.", finished_at=time.time())
+            error_type=error_type, error=f"cancelled {when}", hint=hint,
+            finished_at=time.time())
 
-    async def _run_inner(self, request: RunRequest, live: LiveRun) -> None:
-        config = self.config
-        agent = config.agent(request.agent)
-        key = await self._cache_key(config, request, agent)
+    async def _run_inner(self, request: RunRequest, prepared: Prepared, live: LiveRun) -> None:
+        config = prepared.config
+        key = await self._cache_key(request, prepared)
         if key is not None and await self._from_cache(key, live):
             return
         leader = self._inflight.get(key) if key else None
@@ -237,19 +212,19 @@ class Dispatcher(SandboxHost):
                 raise BudgetExceeded(
                     f"the daily budget ${config.settings.budget.daily:.2f} is spent "
                     f"(${spent:.4f} in 24 h)")
-            await self.ensure_sandbox()
+            await self.host.ensure_sandbox()
             await self._acquire_slot(live, config.settings.max_concurrency)
             try:
-                record = await execute(self._env(config), request, live)
+                record = await execute(self.host.run_env(config), request, prepared, live)
             finally:
                 self.state.release_slot(live.run_id)
                 self._slot_freed.set()
                 self._slot_freed = anyio.Event()
             if key and record.success and record.exit_reason == "completed":
                 self.state.cache_put(key, record.run_id, config.settings.cache.ttl)
-            if self._warm and self._tg is not None and config.settings.pool.warm_per_agent:
-                self._tg.start_soon(self.fill_pool, request.agent, agent,
-                                    config.settings.pool.warm_per_agent)
+            warm = config.settings.pool.warm_per_agent
+            if self.host.warm and warm:
+                self.host.spawn(self._refill, request.agent, prepared.agent, warm)
         except BudgetExceeded as exc:
             live.finish(self._end_with_error(live.run_id, exc, "budget"))
         except AdSandboxError as exc:  # e.g. Docker down when the sandbox is first needed
@@ -259,35 +234,36 @@ class Dispatcher(SandboxHost):
             if key:
                 self._inflight.pop(key, None)
 
+    async def _refill(self, name: str, agent: Agent, target: int) -> None:
+        await self.host.fill_pool(name, agent, target)
+
     async def _acquire_slot(self, live: LiveRun, limit: int) -> None:
         """A machine-wide concurrency slot, first come first served across processes."""
-        if self.state.acquire_slot(live.run_id, owner_pid=self.pid, limit=limit):
+        pid = self.host.pid
+        if self.state.acquire_slot(live.run_id, owner_pid=pid, limit=limit):
             return
-        self.state.enqueue(live.run_id, self.pid)
+        self.state.enqueue(live.run_id, pid)
         try:
-            while not self.state.acquire_slot(live.run_id, owner_pid=self.pid, limit=limit):
-                with live.lock:
-                    live.queue_position = self.state.queue_position(live.run_id)
-                live.poke()
+            while not self.state.acquire_slot(live.run_id, owner_pid=pid, limit=limit):
+                live.queued(self.state.queue_position(live.run_id))
                 # A release in this process wakes us at once; other processes' are re-read.
                 with anyio.move_on_after(SLOT_RECHECK_S):
                     await self._slot_freed.wait()
         finally:
             self.state.dequeue(live.run_id)
-            with live.lock:
-                live.queue_position = None
+            live.queued(None)
 
     # ---- cache -------------------------------------------------------------------------
 
-    async def _cache_key(self, config: Config, request: RunRequest, agent: Agent) -> str | None:
-        if not config.settings.cache.enabled or not cache.cacheable(request):
+    async def _cache_key(self, request: RunRequest, prepared: Prepared) -> str | None:
+        if not prepared.config.settings.cache.enabled or not cache.cacheable(request):
             return None
-        image = agent_image(config, agent)
-        image_id = await anyio.to_thread.run_sync(self._image_id, image)
-        project = await anyio.to_thread.run_sync(cache.project_state, agent.path)
+        image = prepared.image
+        image_id = await anyio.to_thread.run_sync(self.host.image_id, image)
+        project = await anyio.to_thread.run_sync(cache.project_state, prepared.agent.path)
         if project is None:  # unreadable or odd project: uncacheable, never a stale hit
             return None
-        return cache.cache_key(request, agent, image_id or image, project)
+        return cache.cache_key(request, prepared.agent, image_id or image, project)
 
     async def _from_cache(self, key: str, live: LiveRun) -> bool:
         source = cache.lookup(self.state, key)
@@ -306,26 +282,25 @@ class Dispatcher(SandboxHost):
         A run of another process is flagged in its record and its container killed; its
         owner records the end.
         """
-        live = self._live.get(run_id)
+        runtime = self.host.runtime
+        live = self.host.live(run_id)
         if live is None:
             record = self.state.get_run(run_id)
             if record.status != "finished":
                 self.state.update_run(run_id, cancel_requested=True)
                 if record.container_id:
-                    await anyio.to_thread.run_sync(self.runtime.kill, record.container_id)
+                    await anyio.to_thread.run_sync(runtime.kill, record.container_id)
             return self.state.get_run(run_id)
-        with live.lock:
-            live.cancel_requested = True
-            container_id = live.container_id
+        container_id = live.request_cancel()
         if container_id is not None:
-            await anyio.to_thread.run_sync(self.runtime.kill, container_id)
+            await anyio.to_thread.run_sync(runtime.kill, container_id)
         elif live.scope is not None:  # queued or starting: nothing to kill yet
             live.scope.cancel()
         await live.wait_done(10)
         return self.state.get_run(run_id)
 
     async def wait(self, run_id: str, timeout_s: float) -> RunRecord:
-        live = self._live.get(run_id)
+        live = self.host.live(run_id)
         if live is not None:
             await live.wait_done(timeout_s)
         return self.state.get_run(run_id)
@@ -339,26 +314,32 @@ async def open_dispatcher(*, warm: bool = False, runtime: Runtime | None = None,
                           reattach: bool = False,
                           wait_for_runs: bool = True,
                           ) -> AsyncIterator[Dispatcher]:
-    """Start the dispatcher with its gateway, reaper and (optionally) warm pools."""
+    """Start the dispatcher with its host: gateway, reaper and (``warm``) warm pools.
+
+    ``reattach`` makes its runs adoptable by the next process and adopts the runs of dead
+    ones; ``wait_for_runs``: see :meth:`Host.close`. The defaults are a CLI's: Docker, the
+    state store of ``AD_SANDBOX_STATE_DIR``, no warm pools, runs waited for.
+    """
     if runtime is None:
         runtime = docker_runtime()
     owned_state = state is None
     store = StateStore() if state is None else state
-    dispatcher = Dispatcher(snapshot=ConfigSnapshot(), state=store, runtime=runtime,
-                            gateway_host=gateway_host, image_id=image_id,
-                            reattach=reattach)
     failure: Exception | None = None
     try:
         async with anyio.create_task_group() as tg:
             runs: TaskGroup = await tg.start(_shielded_task_group)
-            await dispatcher.start(runs, warm=warm)
+            host = Host(snapshot=ConfigSnapshot(), state=store, runtime=runtime, tasks=runs,
+                        warm=warm, adoptable=reattach, gateway_host=gateway_host,
+                        image_id=image_id)
+            dispatcher = Dispatcher(host)
             try:
+                await dispatcher.start()
                 yield dispatcher
             except Exception as exc:  # re-raised below, not wrapped in the group's exception
                 failure = exc
             finally:
                 with anyio.CancelScope(shield=True):
-                    await dispatcher.close(wait_for_runs=wait_for_runs)
+                    await host.close(wait_for_runs=wait_for_runs)
                 runs.cancel_scope.cancel()
                 tg.cancel_scope.cancel()
     finally:
@@ -370,16 +351,8 @@ async def open_dispatcher(*, warm: bool = False, runtime: Runtime | None = None,
 
 async def _shielded_task_group(*, task_status: TaskStatus[TaskGroup]) -> None:
     """A task group for runs that whatever cancels the dispatcher's caller cannot reach:
-    only :meth:`Dispatcher.close` decides, after it has waited for or abandoned them."""
+    only :meth:`Host.close` decides, after it has waited for or abandoned them."""
     with anyio.CancelScope(shield=True):
         async with anyio.create_task_group() as runs:
             task_status.started(runs)
             await anyio.sleep_forever()
-
-
-def open_service(*, warm: bool = True,
-                 wait_for_runs: bool = True) -> AbstractAsyncContextManager[Any]:
-    """The MCP-facing service (see :mod:`orchestrator.dispatch.service`)."""
-    from orchestrator.dispatch.service import open_service as open_impl
-
-    return open_impl(warm=warm, wait_for_runs=wait_for_runs)

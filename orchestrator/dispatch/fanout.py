@@ -5,20 +5,36 @@ Every run of one call shares a root id, so ``budget.per_root`` holds for the who
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import anyio
 
+from orchestrator.config import Config
 from orchestrator.dispatch.api import DialogueResult, DialogueTurn, ParallelResult
-from orchestrator.dispatch.dispatcher import Dispatcher
 from orchestrator.errors import AdSandboxError, UsageError
 from orchestrator.models import RunRequest, new_id
 from orchestrator.results import DispatchResult, ProgressFn
+from orchestrator.run.prepared import Prepared
 
 MAX_PARALLEL = 50
 MAX_ROUNDS = 10
 RESOLVED = "[RESOLVED]"
 
 
-async def parallel(dispatcher: Dispatcher, requests: list[RunRequest], *,
+class Dispatches(Protocol):
+    """What fan-out needs of :class:`orchestrator.dispatch.dispatcher.Dispatcher`."""
+
+    @property
+    def config(self) -> Config: ...
+
+    def check(self, request: RunRequest) -> Prepared: ...
+
+    async def dispatch(self, request: RunRequest, *, prepared: Prepared | None = None,
+                       progress: ProgressFn | None = None,
+                       cancel_on_abandon: bool = True) -> DispatchResult: ...
+
+
+async def parallel(dispatcher: Dispatches, requests: list[RunRequest], *,
                    aggregate: str | None, progress: ProgressFn | None,
                    cancel_on_abandon: bool) -> ParallelResult:
     """Validate all first (nothing runs if one is bad); results in input order."""
@@ -27,9 +43,10 @@ async def parallel(dispatcher: Dispatcher, requests: list[RunRequest], *,
     if len(requests) > MAX_PARALLEL:
         raise UsageError(f"{len(requests)} dispatches; at most {MAX_PARALLEL} per call",
                          hint="Split the work into several calls.")
+    checked: list[Prepared] = []
     for index, request in enumerate(requests):
         try:
-            dispatcher.check(request)
+            checked.append(dispatcher.check(request))
         except AdSandboxError as exc:
             raise type(exc)(f"dispatches[{index}] ({request.agent}): {exc.message}",
                             hint=f"Nothing was run. {exc.hint}") from exc
@@ -40,7 +57,8 @@ async def parallel(dispatcher: Dispatcher, requests: list[RunRequest], *,
     results: list[DispatchResult | None] = [None] * len(rooted)
 
     async def one(index: int) -> None:
-        results[index] = await dispatcher.dispatch(rooted[index], progress=progress,
+        results[index] = await dispatcher.dispatch(rooted[index], prepared=checked[index],
+                                                   progress=progress,
                                                    cancel_on_abandon=cancel_on_abandon)
 
     async with anyio.create_task_group() as tg:
@@ -68,7 +86,7 @@ def is_resolved(text: str) -> bool:
     return bool(lines) and lines[-1] == RESOLVED
 
 
-async def dialogue(dispatcher: Dispatcher, requester: str, responder: str, topic: str, *,
+async def dialogue(dispatcher: Dispatches, requester: str, responder: str, topic: str, *,
                    max_rounds: int, caller: str, progress: ProgressFn | None,
                    cancel_on_abandon: bool) -> DialogueResult:
     """Alternate requester and responder until a message ends with ``[RESOLVED]``."""

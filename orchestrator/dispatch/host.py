@@ -1,7 +1,8 @@
 """What one orchestrator process owns around its runs: the agents network, its gateway,
-the warm pools, the housekeeping (reaper, leases) and the budget hooks the gateway calls.
+the warm pools, the housekeeping (reaper, leases), the runs in flight and the budget hooks
+the gateway calls.
 
-:class:`orchestrator.dispatch.dispatcher.Dispatcher` builds on it; nothing here decides about a run.
+:class:`orchestrator.dispatch.dispatcher.Dispatcher` has one; nothing here decides about a run.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import os
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import replace
-from typing import Any
+from typing import Any, TypeVarTuple
 
 import anyio
 from anyio.abc import TaskGroup
@@ -24,6 +25,7 @@ from orchestrator.gateway.tokens import TokenInfo
 from orchestrator.run.live import LiveRun
 from orchestrator.run.netguard import ensure_agents_network, guard_network
 from orchestrator.run.pool import WarmPool
+from orchestrator.run.prepared import run_budget
 from orchestrator.run.reaper import reap
 from orchestrator.run.runner import GatewayHandle, RunEnv
 from orchestrator.run.sandbox import agent_image, config_identity, directory_owner
@@ -34,70 +36,64 @@ log = logging.getLogger(__name__)
 
 HOUSEKEEPING_S = 30.0
 
+Args = TypeVarTuple("Args")
 
-class SandboxHost:
-    """Everything of this process that runs share; see the module docstring."""
+
+class Host:
+    """Everything of this process that runs share; see the module docstring.
+
+    ``tasks`` is the task group runs live in (one their callers cannot cancel); ``warm``
+    keeps the warm pools filled (a long-lived server; a one-shot CLI run does not);
+    ``adoptable`` marks runs as re-attachable by the next process (the MCP service).
+    """
 
     def __init__(self, *, snapshot: ConfigSnapshot, state: StateStore, runtime: Runtime,
+                 tasks: TaskGroup, warm: bool = False, adoptable: bool = False,
                  gateway_host: str | None = None,
-                 image_id: Callable[[str], str | None] | None = None,
-                 reattach: bool = False) -> None:
+                 image_id: Callable[[str], str | None] | None = None) -> None:
         self.snapshot = snapshot
         self.scope = config_identity(snapshot.path)
         """This config's identity: the per-agent objects this process makes and reaps."""
-        self.reattach = reattach
-        """Runs are adoptable after a restart (the MCP service); CLI runs are not."""
-        self._image_id = image_id or docker_image_id
-        self.gateway_host = gateway_host
-        """Bind the gateway here instead of the network's gateway address (tests only)."""
         self.state = state
         self.runtime = runtime
+        self.warm = warm
+        self.adoptable = adoptable
+        self.gateway_host = gateway_host
+        """Bind the gateway here instead of the network's gateway address (tests only)."""
+        self.image_id = image_id or docker_image_id
+        """An image reference's id (for cache keys), or None when there is no such image."""
         self.pid = os.getpid()
+        self._tasks = tasks
         self._live: dict[str, LiveRun] = {}
-        self._inflight: dict[str, LiveRun] = {}
-        self._slot_freed = anyio.Event()
-        self._tg: TaskGroup | None = None
         self._gateway: Gateway | None = None
         self._guarded: NetworkInfo | None = None
         """The network whose host firewall this process keeps in place."""
         self._pool: WarmPool | None = None
         self._sandbox_lock = anyio.Lock()
-        self._busy = 0
-        self._idle = anyio.Event()
-        self._warm = False
-        """Keep the warm pools filled (a long-lived server); a one-shot CLI run does not."""
 
     @property
     def config(self) -> Config:
+        """The config as it is now; a run uses the snapshot it was checked against instead."""
         return self.snapshot.get()
 
     # ---- lifecycle -------------------------------------------------------------------
 
-    async def start(self, tg: TaskGroup, *, warm: bool) -> None:
-        self._tg = tg
-        self._warm = warm
-        if self.reattach:
-            from orchestrator.dispatch.reattach import adopt_orphans
+    async def start(self) -> None:
+        """Reap what dead processes left, start the housekeeping and (``warm``) the pools.
 
-            try:
-                adopted = await adopt_orphans(self)
-            except AdSandboxError as exc:
-                log.warning("re-attach skipped: %s", exc.one_line())
-            else:
-                if adopted:
-                    log.info("re-attached %d run(s): %s", len(adopted), ", ".join(adopted))
+        Runs to re-attach are adopted before this, or the reaper would end them."""
         try:
             await anyio.to_thread.run_sync(self._reap)
         except AdSandboxError as exc:  # Docker down: runs will say so, with a record each
             log.info("start-up reap skipped: %s", exc.one_line())
-        tg.start_soon(self._housekeeping)
-        if warm:
+        self._tasks.start_soon(self._housekeeping)
+        if self.warm:
             try:
                 await self.ensure_sandbox()
             except AdSandboxError as exc:  # each dispatch reports it, with a record
                 log.warning("sandbox not ready: %s", exc.one_line())
             else:
-                tg.start_soon(self.fill_pools)
+                self._tasks.start_soon(self.fill_pools)
 
     async def ensure_sandbox(self) -> None:
         """The agents network, this process's gateway and the pool; made on first use."""
@@ -130,7 +126,7 @@ class SandboxHost:
             if wait_for_runs:
                 await live.wait_done()
             else:
-                live.abandoned = True
+                live.abandon()
         if self._pool is not None:
             for lease in self.state.containers(state="warm"):
                 if lease.owner_pid == self.pid:
@@ -165,6 +161,8 @@ class SandboxHost:
                         self._guarded.gateway_ip)
         guard_network(network, self.config)
 
+    # ---- warm pools ----------------------------------------------------------------------
+
     async def fill_pools(self) -> None:
         config = self.config
         target = config.settings.pool.warm_per_agent
@@ -173,6 +171,8 @@ class SandboxHost:
 
     async def fill_pool(self, name: str, agent: Agent, target: int,
                         *, detached: bool = False) -> list[str]:
+        """Warm containers for ``agent`` up to ``target``; ``detached`` ones outlive this
+        process (`ad-sandbox up`). Returns the new containers' ids."""
         await self.ensure_sandbox()
         assert self._pool is not None
         try:
@@ -183,55 +183,51 @@ class SandboxHost:
         return await self._pool.fill(name, agent, agent_image(self.config, agent), owner,
                                      target, detached=detached)
 
-    def _env(self, config: Config) -> RunEnv:
-        assert self._gateway is not None and self._pool is not None
-        return RunEnv(config=config, state=self.state, runtime=self.runtime,
-                      gateway=GatewayHandle(self._gateway.url, self._gateway.tokens),
-                      pool=self._pool)
+    async def release_container(self, container_id: str) -> None:
+        """Remove a run's container and its lease."""
+        assert self._pool is not None, "sandbox not started"
+        await self._pool.release(container_id)
 
-    # ---- what re-attaching needs ---------------------------------------------------------
+    # ---- runs ------------------------------------------------------------------------------
 
     @property
     def gateway(self) -> Gateway:
         assert self._gateway is not None, "sandbox not started"
         return self._gateway
 
-    def run_env(self) -> RunEnv:
-        return self._env(self.config)
+    def run_env(self, config: Config) -> RunEnv:
+        """What a run needs of this process, with the config snapshot the run was checked
+        against (see :class:`orchestrator.run.prepared.Prepared`)."""
+        assert self._gateway is not None and self._pool is not None, "sandbox not started"
+        return RunEnv(config=config, state=self.state, runtime=self.runtime,
+                      gateway=GatewayHandle(self._gateway.url, self._gateway.tokens),
+                      pool=self._pool)
+
+    def spawn(self, func: Callable[[*Args], Coroutine[Any, Any, Any]], *args: *Args) -> None:
+        """Start ``func(*args)`` in the runs' task group: it outlives the caller that asked."""
+        self._tasks.start_soon(func, *args)
 
     def track(self, live: LiveRun) -> None:
+        """A run of this process, in flight: cancellable, waited for on close, budget-hooked."""
         self._live[live.run_id] = live
 
     def untrack(self, live: LiveRun) -> None:
         self._live.pop(live.run_id, None)
 
-    def spawn(self, func: Callable[[], Coroutine[Any, Any, None]]) -> None:
-        assert self._tg is not None, "dispatcher not started"
-        self._tg.start_soon(func)
-
-    async def release_container(self, container_id: str) -> None:
-        assert self._pool is not None
-        await self._pool.release(container_id)
+    def live(self, run_id: str) -> LiveRun | None:
+        return self._live.get(run_id)
 
     # ---- budget hooks (called from the gateway's threads) ----------------------------------
 
     def _run_budget(self, info: TokenInfo) -> float:
         config = self.config
         agent = config.agents.get(info.agent)
-        limit = config.settings.budget.per_run
-        if agent is not None and agent.max_budget_usd is not None:
-            limit = min(limit, agent.max_budget_usd)
-        return limit
+        return config.settings.budget.per_run if agent is None else run_budget(config, agent)
 
     def _budget_refused(self, info: TokenInfo, reason: str) -> None:
         live = self._live.get(info.run_id)
         if live is not None:
-            with live.lock:
-                live.budget_reason = reason
-            live.poke()
-
-    def live(self, run_id: str) -> LiveRun | None:
-        return self._live.get(run_id)
+            live.refuse_budget(reason)
 
 
 def docker_runtime() -> Runtime:

@@ -6,9 +6,11 @@ finish in the service's task group and stay readable; only an explicit cancel ki
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager, suppress
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
@@ -37,11 +39,25 @@ from orchestrator.models import RunRecord, RunRequest
 from orchestrator.results import DispatchResult, ProgressFn
 from orchestrator.run.dirpin import forget_directory, pin_directory
 from orchestrator.run.reaper import reap
+from orchestrator.runtime.base import Runtime
+from orchestrator.state import StateStore
+
+log = logging.getLogger(__name__)
 
 GC_AFTER_S = 7 * DAY_S
 FOREIGN_WAIT_MAX_S = 1.0
 """Waiting on a run another process owns: its record is re-read, backing off to this."""
 STATUSES = ("queued", "running", "finished")
+
+
+@dataclass(frozen=True)
+class Collected:
+    """What one garbage collection removed."""
+
+    runs: int
+    """Finished run records past retention."""
+    containers: list[str]
+    """Leftover containers reaped (ids)."""
 
 
 class Service:
@@ -78,6 +94,11 @@ class Service:
         return await fanout.dialogue(self.dispatcher, requester, responder, topic,
                                      max_rounds=max_rounds, caller=caller, progress=progress,
                                      cancel_on_abandon=False)
+
+    async def run(self, req: RunRequest, *, progress: ProgressFn | None = None) -> DispatchResult:
+        """Run ``req`` tied to its caller (a CLI command): cancelling the caller (Ctrl-C)
+        kills the run, where :meth:`dispatch`'s runs outlive an MCP client that left."""
+        return await self.dispatcher.dispatch(req, progress=progress, cancel_on_abandon=True)
 
     async def start_async(self, req: RunRequest) -> str:
         return self.dispatcher.start_async(req)
@@ -129,11 +150,34 @@ class Service:
         return text if max_chars is None else text[:max_chars]
 
     async def gc(self) -> int:
-        removed = self.state.gc_runs(GC_AFTER_S)
-        with suppress(AdSandboxError):  # records are cleaned even while the engine is away
-            await anyio.to_thread.run_sync(
-                lambda: reap(self.dispatcher.runtime, self.state, scope=self.dispatcher.scope))
-        return removed
+        return (await self.collect()).runs
+
+    async def collect(self, older_than_s: float = GC_AFTER_S, *,
+                      every_config: bool = False) -> Collected:
+        """Reap leftover containers (this config's; every config's with ``every_config``),
+        then remove finished run records older than ``older_than_s``: ``gc`` of both faces.
+
+        Records are cleaned even while the engine is away, unless every config's containers
+        were asked for explicitly: then the engine's error is the answer.
+        """
+        host = self.dispatcher.host
+        scope = None if every_config else host.scope
+        try:
+            reaped = await anyio.to_thread.run_sync(
+                lambda: reap(host.runtime, self.state, scope=scope))
+        except AdSandboxError as exc:
+            if every_config:
+                raise
+            log.warning("gc: leftover containers not reaped: %s", exc.one_line())
+            reaped = []
+        return Collected(runs=self.state.gc_runs(older_than_s), containers=reaped)
+
+    async def fill_pool(self, name: str) -> list[str]:
+        """Start warm containers for agent ``name`` up to the pool target, detached from this
+        process (``up``: they outlive the command); the ids started."""
+        config = self.config
+        return await self.dispatcher.host.fill_pool(
+            name, config.agent(name), config.settings.pool.warm_per_agent, detached=True)
 
     # ---- agents and groups --------------------------------------------------------------
 
@@ -199,9 +243,10 @@ class Service:
     async def sandbox_status(self) -> SandboxStatus:
         config = self.config
         try:
-            await anyio.to_thread.run_sync(self.dispatcher.runtime.list_managed)
+            await anyio.to_thread.run_sync(self.dispatcher.host.runtime.list_managed)
             docker_ok = True
-        except AdSandboxError:
+        except AdSandboxError as exc:  # reported as docker: false; the log says why
+            log.info("sandbox_status: the engine is not reachable: %s", exc.one_line())
             docker_ok = False
         warm: dict[str, int] = {}
         for lease in self.state.containers(state="warm"):
@@ -224,10 +269,24 @@ class Service:
 
 
 @asynccontextmanager
-async def open_service(*, warm: bool = True,
-                       wait_for_runs: bool = True) -> AsyncIterator[Service]:
-    """The production service: the dispatcher over Docker, warm pools filled, runs adoptable
-    by the next process; see :meth:`SandboxHost.close` for ``wait_for_runs``."""
-    async with open_dispatcher(warm=warm, reattach=True,
-                               wait_for_runs=wait_for_runs) as dispatcher:
+async def open_command_service() -> AsyncIterator[Service]:
+    """The service for one CLI command: no warm pools, runs not adoptable (they end with
+    the command, and :meth:`Service.run` kills them on Ctrl-C); opening it reaps this
+    config's leftovers."""
+    async with open_service(warm=False, reattach=False) as service:
+        yield service
+
+
+@asynccontextmanager
+async def open_service(*, warm: bool = True, wait_for_runs: bool = True,
+                       reattach: bool = True, runtime: Runtime | None = None,
+                       state: StateStore | None = None, gateway_host: str | None = None,
+                       image_id: Callable[[str], str | None] | None = None,
+                       ) -> AsyncIterator[Service]:
+    """The service over a started dispatcher. The defaults are the MCP server's: Docker,
+    warm pools filled, runs adoptable by the next process; the rest is
+    :func:`~orchestrator.dispatch.dispatcher.open_dispatcher`'s (tests pass a runtime)."""
+    async with open_dispatcher(warm=warm, reattach=reattach, wait_for_runs=wait_for_runs,
+                               runtime=runtime, state=state, gateway_host=gateway_host,
+                               image_id=image_id) as dispatcher:
         yield Service(dispatcher)

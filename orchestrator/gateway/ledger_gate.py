@@ -3,12 +3,18 @@
 Every process's gateway reserves in the same ``ledger_holds`` table under one write lock, so
 the run's, the root's and the day's budgets bound the requests in flight across containers
 and processes, not only what has been metered so far.
+
+It fails closed: a cost that cannot be written to the ledger is kept in memory, the run is
+told to stop, and every request is refused until that cost is on record, so the budgets
+never let through spend nobody recorded.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from orchestrator.gateway.budget import Ask, Hold, Spend
 from orchestrator.gateway.tokens import TokenInfo
@@ -18,6 +24,16 @@ log = logging.getLogger(__name__)
 
 SHOWN_USD = 0.00005
 """Less than this shows as $0.0000: call it nothing."""
+
+
+@dataclass(frozen=True)
+class _Unbooked:
+    """A settled call whose cost the ledger refused to record; booked at the next chance."""
+
+    info: TokenInfo
+    hold: Hold
+    spend: Spend
+    why: str
 
 
 class LedgerGate:
@@ -38,8 +54,13 @@ class LedgerGate:
         self._ledger = ledger
         self._limits = limits
         self._on_refused = on_refused
+        self._lock = threading.Lock()
+        self._unbooked: list[_Unbooked] = []
 
     def reserve(self, info: TokenInfo, ask: Ask) -> Hold | str:
+        if (unrecorded := self._book_unbooked()) is not None:
+            self._on_refused(info, unrecorded)
+            return unrecorded
         granted: tuple[int, float] | None = None
 
         def size(left: float) -> float | None:
@@ -61,6 +82,35 @@ class LedgerGate:
         return Hold(reservation.id, usd, None if ask.max_tokens is None else tokens)
 
     def settle(self, info: TokenInfo, hold: Hold, spend: Spend) -> float:
+        """Book ``spend``; a ledger that refuses the write stops the run and every request."""
+        try:
+            return self._book(info, hold, spend)
+        except Exception as exc:
+            why = (f"the cost of a model call of run {info.run_id} (${spend.usd:.6f}) could not "
+                   f"be recorded in the ledger ({type(exc).__name__}: {exc}); no model call is "
+                   "forwarded until it is")
+            log.error("run %s: %s", info.run_id, why)
+            with self._lock:
+                self._unbooked.append(_Unbooked(info, hold, spend, why))
+            self._on_refused(info, why)
+            raise
+
+    def _book_unbooked(self) -> str | None:
+        """Record the costs a failed write left in memory; why not, while one still fails."""
+        with self._lock:
+            while self._unbooked:
+                first = self._unbooked[0]
+                try:
+                    self._book(first.info, first.hold, first.spend)
+                except Exception as exc:
+                    log.warning("run %s: its cost is still not recorded: %s",
+                                first.info.run_id, exc)
+                    return first.why
+                self._unbooked.pop(0)
+                log.info("run %s: the cost left unrecorded is now booked", first.info.run_id)
+        return None
+
+    def _book(self, info: TokenInfo, hold: Hold, spend: Spend) -> float:
         booked = self._ledger.settle(
             hold.id, info.run_id, info.root_id,
             held_usd=hold.usd, metered_usd=spend.usd,

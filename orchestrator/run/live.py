@@ -6,7 +6,6 @@ import asyncio
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import anyio
 
@@ -17,53 +16,162 @@ HEARTBEAT_S = 5.0
 """Progress is sent on every change and at least this often (MCP clients time out idle calls)."""
 
 
-@dataclass
 class LiveRun:
     """Shared between the run's task, its exec thread, the gateway and ``cancel``.
 
-    Threads set plain attributes under ``lock`` and call :meth:`poke`, which hands the wake-up
-    to the event loop; the async side waits on events with deadlines, so no one polls.
+    It is changed only through its methods: each takes the lock (a thread and the event loop
+    write it concurrently) and wakes the waiters, so no writer can forget either. The
+    properties are for reading. The async side waits on events with deadlines; no one polls.
     Create it inside the event loop.
     """
 
-    record: RunRecord
-    started: float = field(default_factory=time.monotonic)
-    state: str = "queued"
-    queue_position: int | None = None
-    last_action: str = ""
-    input_tokens: int = 0
-    output_tokens: int = 0
-    cost_usd: float = 0.0
-    container_id: str | None = None
-    cancel_requested: bool = False
-    budget_reason: str | None = None
-    abandoned: bool = False
-    """The process is stopping and leaves the run to the next one (SIGTERM of a server):
-    nothing is killed or recorded; the next `serve` re-attaches it."""
-    scope: anyio.CancelScope | None = None
-    """The run's own scope: cancelling it stops a run that has no process to kill yet."""
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    _loop: asyncio.AbstractEventLoop = field(default_factory=asyncio.get_running_loop)
-    _changed: anyio.Event = field(default_factory=anyio.Event)
-    _done: anyio.Event = field(default_factory=anyio.Event)
+    def __init__(self, record: RunRecord) -> None:
+        self.started = time.monotonic()
+        self._lock = threading.Lock()
+        self._loop = asyncio.get_running_loop()
+        self._changed = anyio.Event()
+        self._done = anyio.Event()
+        self._record = record
+        self._state = "queued"
+        self._queue_position: int | None = None
+        self._last_action = ""
+        self._input_tokens = 0
+        self._output_tokens = 0
+        self._cost_usd = 0.0
+        self._container_id: str | None = None
+        self._cancel_requested = False
+        self._budget_reason: str | None = None
+        self._abandoned = False
+        self._scope: anyio.CancelScope | None = None
+
+    # ---- reading ---------------------------------------------------------------------------
 
     @property
     def run_id(self) -> str:
-        return self.record.run_id
+        return self._record.run_id
 
-    def poke(self) -> None:
-        """Wake the waiters; safe from any thread."""
-        self._call(self._changed.set)
+    @property
+    def record(self) -> RunRecord:
+        """The record as created, or as finished once :meth:`finish` was called."""
+        return self._record
 
-    def finish(self, record: RunRecord) -> None:
-        self.record = record
-        self.state = "finished"
-        self._call(self._done.set)
-        self.poke()
+    @property
+    def state(self) -> str:
+        return self._state
+
+    @property
+    def queue_position(self) -> int | None:
+        return self._queue_position
+
+    @property
+    def last_action(self) -> str:
+        return self._last_action
+
+    @property
+    def container_id(self) -> str | None:
+        return self._container_id
+
+    @property
+    def cancel_requested(self) -> bool:
+        return self._cancel_requested
+
+    @property
+    def budget_reason(self) -> str | None:
+        """Why the gateway refused the run's next model call, if it did."""
+        return self._budget_reason
+
+    @property
+    def abandoned(self) -> bool:
+        """The process is stopping and leaves the run to the next one (SIGTERM of a server):
+        nothing is killed or recorded; the next `serve` re-attaches it."""
+        return self._abandoned
+
+    @property
+    def scope(self) -> anyio.CancelScope | None:
+        """The run's own scope: cancelling it stops a run that has no process to kill yet."""
+        return self._scope
 
     @property
     def done(self) -> bool:
         return self._done.is_set()
+
+    def snapshot(self) -> ProgressUpdate:
+        with self._lock:
+            return ProgressUpdate(
+                run_id=self.run_id,
+                agent=self._record.agent,
+                elapsed_s=time.monotonic() - self.started,
+                state=self._state,
+                last_action=self._last_action,
+                input_tokens=self._input_tokens,
+                output_tokens=self._output_tokens,
+                cost_usd=self._cost_usd,
+                queue_position=self._queue_position,
+            )
+
+    # ---- changing ----------------------------------------------------------------------------
+
+    def run_in(self, scope: anyio.CancelScope) -> None:
+        with self._lock:
+            self._scope = scope
+
+    def queued(self, position: int | None) -> None:
+        """Waiting for a concurrency slot at ``position`` (None: no longer waiting)."""
+        with self._lock:
+            self._queue_position = position
+        self.poke()
+
+    def starting(self) -> None:
+        with self._lock:
+            self._state = "starting"
+        self.poke()
+
+    def running(self, container_id: str) -> None:
+        with self._lock:
+            self._container_id = container_id
+            self._state = "running"
+        self.poke()
+
+    def progressed(self, *, last_action: str, input_tokens: int, output_tokens: int,
+                   cost_usd: float) -> None:
+        """What the stream showed last; the cost only grows (a late event never lowers it)."""
+        with self._lock:
+            self._last_action = last_action
+            self._input_tokens = input_tokens
+            self._output_tokens = output_tokens
+            self._cost_usd = max(self._cost_usd, cost_usd)
+        self.poke()
+
+    def request_cancel(self) -> str | None:
+        """Flag the run cancelled; returns its container to kill, if it has one yet."""
+        with self._lock:
+            self._cancel_requested = True
+            container_id = self._container_id
+        self.poke()
+        return container_id
+
+    def refuse_budget(self, reason: str) -> None:
+        with self._lock:
+            self._budget_reason = reason
+        self.poke()
+
+    def abandon(self) -> None:
+        with self._lock:
+            self._abandoned = True
+        self.poke()
+
+    def finish(self, record: RunRecord) -> None:
+        with self._lock:
+            self._record = record
+            self._state = "finished"
+        self._call(self._done.set)
+        self.poke()
+
+    # ---- waiting -----------------------------------------------------------------------------
+
+    def poke(self) -> None:
+        """Wake the waiters; safe from any thread."""
+        self._call(self._changed.set)
 
     async def wait_done(self, timeout_s: float | None = None) -> bool:
         """True when the run ended (within ``timeout_s``, when given)."""
@@ -85,20 +193,6 @@ class LiveRun:
             func()
         elif not self._loop.is_closed():
             self._loop.call_soon_threadsafe(func)
-
-    def snapshot(self) -> ProgressUpdate:
-        with self.lock:
-            return ProgressUpdate(
-                run_id=self.run_id,
-                agent=self.record.agent,
-                elapsed_s=time.monotonic() - self.started,
-                state=self.state,
-                last_action=self.last_action,
-                input_tokens=self.input_tokens,
-                output_tokens=self.output_tokens,
-                cost_usd=self.cost_usd,
-                queue_position=self.queue_position,
-            )
 
 
 async def report_progress(live: LiveRun, progress: ProgressFn) -> None:

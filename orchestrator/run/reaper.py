@@ -30,16 +30,19 @@ def reap(
     scope: str | None,
     now: float | None = None,
     alive: Callable[[int], bool] = pid_alive,
+    every_container: bool = False,
 ) -> list[str]:
     """One pass over config ``scope``'s containers (None: every config's); returns the ids
-    of the containers removed."""
+    of the containers removed. ``every_container`` removes them whatever their state
+    (``ad-sandbox down``)."""
     now = time.time() if now is None else now
     _end_orphaned_runs(state, now, alive)
     leases = {lease.container_id: lease for lease in state.containers()}
     removed: list[str] = []
     mine = None if scope is None else {LABEL_CONFIG: scope}
     for container in runtime.list_managed(mine):
-        why = _why_remove(container, leases.get(container.id), state, now, alive)
+        why = ("taken down" if every_container
+               else _why_remove(container, leases.get(container.id), state, now, alive))
         if why is None:
             continue
         log.info("reaper: removing %s (%s)", container.id[:12], why)

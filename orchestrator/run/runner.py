@@ -17,17 +17,19 @@ from typing import Any
 
 import anyio
 
-from orchestrator import claude
-from orchestrator.config import Agent, Config, LogSettings
+from orchestrator import claude, outcomes
+from orchestrator.config import Config, LogSettings
 from orchestrator.errors import AdSandboxError
 from orchestrator.gateway.tokens import RunTokens, TokenInfo, token_digest
-from orchestrator.models import ClaudeResult, ErrorType, ExitReason, RunRecord, RunRequest
+from orchestrator.models import ClaudeResult, ExitReason, RunRecord, RunRequest
 from orchestrator.paths import state_dir
 from orchestrator.privilege import scrub_after_run
 from orchestrator.redaction import redact, redactor
 from orchestrator.run import crosscheck, transcripts
+from orchestrator.run.dirpin import verify_directory
 from orchestrator.run.live import LiveRun
 from orchestrator.run.pool import WarmPool
+from orchestrator.run.prepared import Prepared
 from orchestrator.run.runlog import CappedLog
 from orchestrator.run.sandbox import (
     CONFIG_DIR,
@@ -35,9 +37,6 @@ from orchestrator.run.sandbox import (
     SECRETS_DIR,
     WORKSPACE,
     Owner,
-    agent_image,
-    directory_owner,
-    read_secrets,
 )
 from orchestrator.runtime.base import ExecResult, Runtime
 from orchestrator.state import StateStore
@@ -91,22 +90,22 @@ class RunLog:
             self._file.close()
 
 
-def run_timeout(config: Config, agent: Agent, request: RunRequest) -> float:
-    return request.timeout or agent.timeout or config.settings.default_timeout
+async def execute(env: RunEnv, request: RunRequest, prepared: Prepared,
+                  live: LiveRun) -> RunRecord:
+    """Run ``request`` to its end and return the finished record (also stored).
 
-
-async def execute(env: RunEnv, request: RunRequest, live: LiveRun) -> RunRecord:
-    """Run ``request`` to its end and return the finished record (also stored)."""
+    ``prepared`` is what the dispatcher checked; ``env.config`` is its config snapshot.
+    """
     record = live.record
-    agent = env.config.agent(request.agent)
+    agent, owner, secrets = prepared.agent, prepared.owner, prepared.secrets
+    image, timeout = prepared.image, prepared.timeout
     try:
-        owner = directory_owner(request.agent, agent, env.state)
-        secrets = read_secrets(request.agent, agent)
+        # Not the owner again (the run uses the checked one): the directory must still be
+        # the one pinned right before a container mounts it, however long the run queued.
+        verify_directory(request.agent, agent, env.state)
     except AdSandboxError as exc:
         return _finish_error(env, live, exc, exit_reason="crashed")
 
-    image = agent_image(env.config, agent)
-    timeout = run_timeout(env.config, agent, request)
     token = env.gateway.tokens.issue(
         TokenInfo(
             run_id=record.run_id,
@@ -119,19 +118,13 @@ async def execute(env: RunEnv, request: RunRequest, live: LiveRun) -> RunRecord:
     container_id: str | None = None
     scrubbed = not secrets
     try:
-        with live.lock:
-            live.state = "starting"
-        live.poke()
+        live.starting()
         container_id = await env.pool.acquire(request.agent, agent, image, owner, record.run_id,
                                               lease_s=timeout + 60)
-        with live.lock:
-            live.container_id = container_id
-            live.state = "running"
-        live.poke()
+        live.running(container_id)
         env.state.update_run(record.run_id, status="running", container_id=container_id,
                              image=image, started_at=time.time())
-        outcome = await _run_claude(env, request, agent, owner, secrets, container_id, token,
-                                    timeout, live)
+        outcome = await _run_claude(env, request, prepared, container_id, token, live)
         # The transcripts lose their secrets before the run counts as finished (a reaper
         # removes a finished run's container), while its container still runs.
         scrubbed = scrubbed or await scrub_run(env, live, image, owner, container_id, secrets,
@@ -178,14 +171,13 @@ class _ExecOutcome:
 async def _run_claude(
     env: RunEnv,
     request: RunRequest,
-    agent: Agent,
-    owner: Owner,
-    secrets: dict[str, bytes],
+    prepared: Prepared,
     container_id: str,
     token: str,
-    timeout: float,
     live: LiveRun,
 ) -> _ExecOutcome:
+    agent, owner, secrets, timeout = (prepared.agent, prepared.owner, prepared.secrets,
+                                      prepared.timeout)
     resume = request.session_id is not None
     session_id = request.session_id or str(uuid.uuid4())
     env.state.update_run(live.run_id, session_id=session_id, timeout_s=timeout,
@@ -204,14 +196,11 @@ async def _run_claude(
             lambda: runtime.write_files(container_id, SECRETS_DIR, secrets,
                                         uid=owner.uid, gid=owner.gid)
         )
-    budget = env.config.settings.budget.per_run
-    if agent.max_budget_usd is not None:
-        budget = min(budget, agent.max_budget_usd)
     argv = claude.build_argv(
         agent,
         session_id=session_id,
         resume=resume,
-        max_budget_usd=budget,
+        max_budget_usd=prepared.budget_usd,
         mcp_config_path=f"{RUN_DIR}/mcp.json" if mcp is not None else None,
         output_format="stream-json",
     )
@@ -275,12 +264,8 @@ async def watch(
         if parser.feed(line) is None:
             return
         action = parser.last_action  # redacted: shown by ps, progress, the record
-        with live.lock:
-            live.last_action = action
-            live.input_tokens = parser.input_tokens
-            live.output_tokens = parser.output_tokens
-            live.cost_usd = max(live.cost_usd, parser.cost_usd)
-        live.poke()
+        live.progressed(last_action=action, input_tokens=parser.input_tokens,
+                        output_tokens=parser.output_tokens, cost_usd=parser.cost_usd)
         if action != persisted[0]:  # for other processes' eyes (ps, status)
             persisted[0] = action
             env.state.update_run(live.run_id, last_action=action)
@@ -308,7 +293,7 @@ async def watch(
         log_file.close()
         if live.abandoned:  # left running for the next process to re-attach
             raise
-        live.cancel_requested = True
+        live.request_cancel()
         with anyio.CancelScope(shield=True):
             await anyio.to_thread.run_sync(runtime.kill, container_id)
         raise
@@ -325,8 +310,9 @@ async def watch(
             lambda: runtime.was_oom_killed(container_id, since=exec_started,
                                            deep=exit_code in (None, 137)))
     result = parser.result()
-    if not live.cancel_requested and exit_code in (None, 137):
-        live.cancel_requested = env.state.get_run(live.run_id).cancel_requested
+    if (not live.cancel_requested and exit_code in (None, 137)
+            and env.state.get_run(live.run_id).cancel_requested):  # by another process
+        live.request_cancel()
     reason: ExitReason
     if live.cancel_requested:
         reason = "cancelled"
@@ -342,17 +328,6 @@ async def watch(
         reason = "crashed"
     return _ExecOutcome(reason, exit_code, result, "".join(stderr)[-4000:],
                         result_events=parser.result_count)
-
-
-_REASON_ERRORS: dict[ExitReason, tuple[ErrorType, str]] = {
-    "timeout": ("timeout", "Give it a longer timeout_seconds, or resume the session "
-                "(dispatch_session with this session_id) with a narrower task."),
-    "oom": ("oom", "The agent ran out of memory: raise its resources.memory or ask for less."),
-    "cancelled": ("cli_error", "The run was cancelled; dispatch again if still needed."),
-    "budget": ("budget", "The money budget ran out: raise settings.budget or max_budget_usd, "
-               "or narrow the task."),
-    "crashed": ("sandbox", "The agent process ended without a result; see `ad-sandbox logs RUN`."),
-}
 
 
 def conclude(
@@ -400,7 +375,7 @@ def conclude(
             error_type, hint = claude.classify_failure(result, outcome.exit_code, outcome.stderr)
             detail = (result.errors[0] if result and result.errors else "") or text
         else:
-            error_type, hint = _REASON_ERRORS[outcome.reason]
+            error_type, hint = outcomes.reason_error(outcome.reason)
             detail = live.budget_reason or ""
         fields["error_type"] = error_type
         fields["hint"] = hint
@@ -438,22 +413,34 @@ def _finish_error(
     exit_reason: ExitReason,
     container_id: str | None = None,
 ) -> RunRecord:
-    error_type = exc.error_type if exc.error_type in _ERROR_TYPES else "sandbox"
     fields: dict[str, Any] = {
         "status": "finished",
         "exit_reason": exit_reason,
         "finished_at": time.time(),
         "success": False,
         "error": exc.message,
-        "error_type": error_type,
+        "error_type": exc.error_type,
         "hint": exc.hint,
         "container_id": container_id,
     }
     return _store_end(env, live, fields)
 
 
-_ERROR_TYPES = {"timeout", "budget", "recursion", "not_found", "permission", "usage_limit",
-                "oom", "sandbox", "cli_error"}
+def end_unredactable(state: StateStore, record: RunRecord, exc: AdSandboxError) -> RunRecord:
+    """End a re-attached run whose secrets this process cannot read, its output withheld.
+
+    Output that cannot be redacted is never handed back: the run ends here, and the reaper
+    removes its container since its record is finished.
+    """
+    resume = f", or resume session {record.session_id}" if record.session_id else ""
+    return state.update_run(
+        record.run_id, status="finished", success=False, exit_reason="crashed",
+        finished_at=time.time(), result="", error_type=exc.error_type,
+        error=(f"run {record.run_id} was stopped after an orchestrator restart: its secrets "
+               f"cannot be read ({exc.message}), so its output could not be redacted and is "
+               "withheld")[:2000],
+        hint=f"{exc.hint} Then dispatch the task again{resume}.",
+    )
 
 
 def _store_end(env: RunEnv, live: LiveRun, fields: dict[str, Any]) -> RunRecord:

@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import importlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import cast
 
 from mcp.server.mcpserver import MCPServer
 
 from orchestrator import __version__
-from orchestrator.dispatch.api import (
-    DispatchService,
-)
+from orchestrator.dispatch import DispatchService, open_service
 from orchestrator.server.results import MANAGEMENT_TOOLS, AppState, ServiceFactory
 from orchestrator.server.tools import TOOLS
 
@@ -24,10 +20,8 @@ logger = logging.getLogger(__name__)
 
 def default_service_factory(*, wait_for_runs: bool = True,
                             ) -> AbstractAsyncContextManager[DispatchService]:
-    """The production dispatcher, imported late so ``--help`` stays fast."""
-    module = importlib.import_module("orchestrator.dispatch.dispatcher")
-    return cast(AbstractAsyncContextManager[DispatchService],
-                module.open_service(wait_for_runs=wait_for_runs))
+    """The production service: Docker, warm pools, runs adoptable by the next process."""
+    return open_service(wait_for_runs=wait_for_runs)
 
 
 async def _sync_management_tools(server: MCPServer[AppState], enabled: bool) -> None:

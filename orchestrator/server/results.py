@@ -7,7 +7,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 import anyio
 import pydantic_core
@@ -15,12 +15,11 @@ from mcp.server.mcpserver import Context
 from mcp.types import CallToolResult, TextContent
 from pydantic import BaseModel
 
-from orchestrator.dispatch.api import (
+from orchestrator.dispatch import (
     DispatchService,
     ParallelResult,
 )
 from orchestrator.errors import AdSandboxError
-from orchestrator.models import ErrorType
 from orchestrator.results import DispatchResult, ProgressFn, ProgressUpdate
 
 logger = logging.getLogger(__name__)
@@ -90,7 +89,7 @@ def refused_run(agent: str, exc: AdSandboxError) -> DispatchResult:
         agent=agent,
         success=False,
         error=exc.message,
-        error_type=cast(ErrorType, exc.error_type),
+        error_type=exc.error_type,
         hint=exc.hint,
         budget_exceeded=exc.error_type == "budget",
     )

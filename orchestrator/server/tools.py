@@ -11,7 +11,7 @@ from mcp.types import CallToolResult, ToolAnnotations
 from pydantic import BaseModel, Field
 
 from orchestrator.config import Mount, PermissionMode
-from orchestrator.dispatch.api import (
+from orchestrator.dispatch import (
     AgentArgs,
     AgentDetail,
     AgentInfo,

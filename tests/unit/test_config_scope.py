@@ -13,9 +13,9 @@ import anyio
 import pytest
 from typer.testing import CliRunner
 
-from orchestrator.cli import stack
 from orchestrator.cli.app import app
 from orchestrator.config import Agent
+from orchestrator.dispatch import machine
 from orchestrator.run.pool import WarmPool
 from orchestrator.run.reaper import reap
 from orchestrator.run.sandbox import (
@@ -97,7 +97,7 @@ def cli_runtime(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeRuntime:
     monkeypatch.setenv("AD_SANDBOX_STATE_DIR", str(tmp_path / "state"))
     monkeypatch.setenv("AD_SANDBOX_CONFIG", str(tmp_path / "a" / "agents.yaml"))
     runtime = FakeRuntime()
-    monkeypatch.setattr(stack, "DockerRuntime", lambda: runtime)
+    monkeypatch.setattr(machine, "engine", lambda: runtime)
     return runtime
 
 

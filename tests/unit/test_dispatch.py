@@ -413,3 +413,33 @@ async def test_a_stopping_server_leaves_its_runs_to_the_next_one(
     assert record.status == "running" and record.container_id  # nothing recorded as ended
     assert [c.id for c in runtime.list_managed()] == [record.container_id]  # nor killed
     runtime.remove(record.container_id)
+
+
+async def test_the_run_uses_what_was_checked_not_a_later_config(
+    env: Path, project: Path, runtime: FakeRuntime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """check() returns one Prepared value; an edit of the config or of a secret's source
+    after it does not reach the run (nor does the run look them up again)."""
+    monkeypatch.setenv("DEMO_TOKEN", "checked-value")
+    write_config(env, project, agent={"secrets": {"TOKEN": EnvSource(env="DEMO_TOKEN")},
+                                      "timeout": 50})
+    seen: dict[str, bytes] = {}
+
+    def reads_secret(proc: FakeExec) -> int:
+        seen["secret"] = proc.read_file("/run/secrets/TOKEN").data
+        return fake_claude(proc)
+
+    runtime.on_command("bash", reads_secret)
+    async with open_dispatcher(runtime=runtime, gateway_host="127.0.0.1",
+                               image_id=lambda ref: "x") as service:
+        request = RunRequest(agent="proj", task="hi")
+        prepared = service.check(request)
+        assert "checked-value" not in repr(prepared)
+        monkeypatch.setenv("DEMO_TOKEN", "later-value")
+        write_config(env, project, agent={"secrets": {"TOKEN": EnvSource(env="DEMO_TOKEN")},
+                                          "timeout": 70})
+        assert service.config.agent("proj").timeout == 70
+        result = await service.dispatch(request, prepared=prepared)
+        record = service.state.get_run(result.run_id)
+    assert result.success and seen["secret"] == b"checked-value"
+    assert record.timeout_s == prepared.timeout == 50

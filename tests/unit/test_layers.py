@@ -16,7 +16,8 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[2] / "orchestrator"
 
 SHARED = {"orchestrator", "errors", "paths", "models", "results", "config", "configfile",
-          "configerrors", "configyaml", "privilege", "redaction", "safefs", "textinput"}
+          "configerrors", "configyaml", "privilege", "redaction", "safefs", "textinput",
+          "outcomes"}
 RANK = {"runtime": 1, "state": 1, "claude": 1, "stub": 1, "gateway": 2, "run": 3,
         "dispatch": 4, "cli": 5, "server": 5}
 """Higher may import lower, never the reverse; shared values are rank 0."""
