@@ -23,18 +23,20 @@ _MAX_VALUE = 60
 
 
 def describe_validation_error(
-    exc: ValidationError, *, node: yaml.Node | None, source: str | None
+    exc: ValidationError, *, node: yaml.Node | None, source: str | None, model: Any = Config
 ) -> str:
-    """The first error of ``exc`` on one line; ``node`` is the composed YAML for line numbers."""
+    """The first error of ``exc`` on one line; ``node`` is the composed YAML for line numbers,
+    ``model`` the type validated (the agents file's :class:`Config` unless said)."""
     errors = exc.errors()
-    text = _describe(errors[0], node, source)
+    text = _describe(errors[0], node, source, model)
     if len(errors) > 1:
         more = len(errors) - 1
         text += f" (and {more} more error{'s' if more > 1 else ''})"
     return text
 
 
-def _describe(err: ErrorDetails, root: yaml.Node | None, source: str | None) -> str:
+def _describe(err: ErrorDetails, root: yaml.Node | None, source: str | None,
+              model: Any) -> str:
     kind = err["type"]
     reason = _reason(err)
     loc: Loc = tuple(err["loc"])
@@ -44,9 +46,9 @@ def _describe(err: ErrorDetails, root: yaml.Node | None, source: str | None) -> 
         # Cross-reference errors come from a model validator, whose loc is the root;
         # its message starts with the key path instead.
         loc, reason, show_value = tuple(match.group(1).split(".")), match.group(2), False
-    path, found, target = _locate(root, loc, missing=kind == "missing")
+    path, found, target = _locate(root, loc, model, missing=kind == "missing")
     if kind == "extra_forbidden":
-        reason = f"unknown key; allowed keys: {', '.join(_allowed_keys(loc[:-1]))}"
+        reason = f"unknown key; allowed keys: {', '.join(_allowed_keys(loc[:-1], model))}"
     elif kind == "missing":
         reason = "required key is missing"
     quoted = _QUOTED.search(reason)
@@ -82,7 +84,7 @@ def _value(err: ErrorDetails, target: yaml.Node | None) -> str:
 
 
 def _locate(
-    root: yaml.Node | None, loc: Loc, *, missing: bool
+    root: yaml.Node | None, loc: Loc, model: Any, *, missing: bool
 ) -> tuple[list[str], yaml.Node | None, yaml.Node | None]:
     """Walk ``loc`` through the node tree: (key path, node for the line, value node).
 
@@ -91,7 +93,7 @@ def _locate(
     """
     path: list[str] = []
     line_node, value_node = root, root
-    kinds: list[Any] = [Config]
+    kinds: list[Any] = [model]
     for part in loc:
         tag = _union_tag(kinds, part)
         if tag is not None:
@@ -146,9 +148,9 @@ def _find_scalar(node: yaml.Node, text: str) -> yaml.Node | None:
     return None
 
 
-def _allowed_keys(loc: Loc) -> list[str]:
+def _allowed_keys(loc: Loc, model: Any) -> list[str]:
     """Field names of the model(s) at ``loc`` (all members of a union)."""
-    kinds: list[Any] = [Config]
+    kinds: list[Any] = [model]
     for part in loc:
         nxt = [sub for kind in kinds for sub in _step(kind, part)]
         if nxt:

@@ -40,6 +40,9 @@ class RunRequest(BaseModel):
     parent_run_id: str | None = None
     root_run_id: str | None = None
     depth: int = 0
+    max_budget_usd: float | None = Field(default=None, ge=0)
+    """A cap below ``settings.budget.per_run`` and the agent's own (a pipeline's share of
+    its ``--budget``): the gateway and claude's ``--max-budget-usd`` both get the lowest."""
 
 
 class ClaudeResult(BaseModel):

@@ -2,7 +2,7 @@
 # Prepare this machine for ad-sandbox, idempotently (Debian 12, as root for the system parts):
 #   1. the Python venv in .venv with the package installed editable (re-done when
 #      pyproject.toml changes),
-#   2. docker.io, mmdebstrap and npm from apt when missing,
+#   2. docker.io, mmdebstrap, docker-compose and npm from apt when missing,
 #   3. a running Docker engine (dockerd started in the background when `docker info` fails).
 # Usage: scripts/bootstrap.sh [all|venv|docker]   (default: all)
 set -euo pipefail
@@ -51,6 +51,8 @@ ensure_tools() {
     [ -x /usr/sbin/iptables-restore ] || command -v iptables-restore >/dev/null 2>&1 \
         || missing+=(iptables)
     command -v mmdebstrap >/dev/null 2>&1 || missing+=(mmdebstrap)
+    # The compose stack's test (tests/e2e/test_compose.py) runs Debian's docker-compose 1.29.
+    command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
     [ "${#missing[@]}" -eq 0 ] || apt_install "${missing[@]}"
     # npm only stages the claude binary on the host; recommends would pull a compiler.
     command -v npm >/dev/null 2>&1 || apt_install --no-install-recommends npm

@@ -9,7 +9,13 @@ import typer
 
 import orchestrator
 from orchestrator.cli.app import handles_errors, image_app, out
-from orchestrator.dispatch import agent_ref, build_images, image_status, list_images
+from orchestrator.dispatch import (
+    agent_ref,
+    build_images,
+    build_orchestrator,
+    image_status,
+    list_images,
+)
 
 
 def _progress(line: str) -> None:
@@ -36,16 +42,26 @@ def build(
     if_missing: Annotated[
         bool, typer.Option("--if-missing", help="Do nothing when the agent image exists.")
     ] = False,
+    with_orchestrator: Annotated[
+        bool,
+        typer.Option("--orchestrator",
+                     help="Also build ad-sandbox/orchestrator (compose/compose.yaml runs it)."),
+    ] = False,
 ) -> None:
     """Build ad-sandbox/base and ad-sandbox/agent (skipped when already up to date)."""
     started = time.monotonic()
     if if_missing and image_status(agent_ref(claude_version)) is not None:
         out(f"{agent_ref(claude_version)} present")
+        built: list[str] = []
+    else:
+        built = build_images(
+            offline_base=offline_base, claude_version=claude_version, force=force,
+            progress=_progress,
+        )
+    if with_orchestrator:
+        built += build_orchestrator(force=force, progress=_progress)
+    elif if_missing and not built:
         return
-    built = build_images(
-        offline_base=offline_base, claude_version=claude_version, force=force,
-        progress=_progress,
-    )
     took = time.monotonic() - started
     out(f"built {', '.join(built)} in {took:.0f}s" if built else "images up to date")
 

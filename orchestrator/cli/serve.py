@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import os
 from functools import partial
+from pathlib import Path
 from typing import Annotated, Literal
 
 import typer
 
 from orchestrator.cli.app import app, handles_errors
+from orchestrator.errors import UsageError
 
 DEFAULT_TOKEN_ENV = "AD_SANDBOX_MCP_TOKEN"
 
@@ -25,6 +27,12 @@ def serve(
         str,
         typer.Option(help="Environment variable holding the bearer token HTTP clients must send."),
     ] = DEFAULT_TOKEN_ENV,
+    token_file: Annotated[
+        Path | None,
+        typer.Option(envvar="AD_SANDBOX_MCP_TOKEN_FILE",
+                     help="File holding the bearer token (a compose secret); wins over "
+                     "--token-env."),
+    ] = None,
     allowed_host: Annotated[
         list[str] | None,
         typer.Option(help="Host header to accept (repeatable), e.g. orchestrator:8765."),
@@ -35,6 +43,8 @@ def serve(
     from orchestrator import server
 
     token = os.environ.get(token_env) or None
+    if token_file is not None:
+        token = _read_token(token_file)
     if transport == "http":
         server.check_bind(host, token)  # refuse before opening anything
     # A stdio server ends when its client leaves: it finishes the runs in flight first. An
@@ -48,3 +58,15 @@ def serve(
         token=token,
         allowed_hosts=allowed_host or (),
     )
+
+
+def _read_token(path: Path) -> str:
+    try:
+        token = path.read_text().strip()
+    except OSError as exc:
+        raise UsageError(f"cannot read the token file {path}: {exc.strerror}",
+                         hint="Check the compose secret or the --token-file path.") from exc
+    if not token:
+        raise UsageError(f"the token file {path} is empty",
+                         hint="Put a long random secret in it (`openssl rand -hex 32`).")
+    return token

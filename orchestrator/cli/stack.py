@@ -29,6 +29,9 @@ def _progress(line: str) -> None:
 @handles_errors
 def up(
     agents: Annotated[list[str] | None, typer.Argument(help="Agents to provision (all).")] = None,
+    wait: Annotated[bool, typer.Option(
+        "--wait", help="Return only once every warm pool is full and its containers run; "
+        "exit 4 with the reason otherwise.")] = False,
 ) -> None:
     """Build missing images, create the network and volumes, fill the warm pool."""
     config = load_config()
@@ -45,9 +48,11 @@ def up(
     async def fill() -> None:
         async with open_command_service() as service:
             for name in names:
-                made = await service.fill_pool(name)
+                made = await service.fill_pool(name, wait=wait)
                 out(f"agent {name}: volume {agent_volume(name)}, "
                     f"{len(made)} warm container(s) started (pool target {target})")
+            if wait:
+                out(f"ready: {len(names)} agent(s), {target} warm container(s) each")
 
     anyio.run(fill)
 

@@ -32,6 +32,7 @@ from orchestrator.dispatch.api import (
     SandboxStatus,
 )
 from orchestrator.dispatch.catalog import resolve_directory, with_agent, without_agent
+from orchestrator.dispatch.junit import junit_xml, write_junit
 from orchestrator.dispatch.machine import (
     ContainerRow,
     Listing,
@@ -41,12 +42,20 @@ from orchestrator.dispatch.machine import (
     agent_ref,
     agent_volume,
     build_images,
+    build_orchestrator,
     ensure_images,
     image_status,
     list_images,
     list_machine,
     provision_network,
     take_down,
+)
+from orchestrator.dispatch.pipeline import (
+    Event,
+    PipelineResult,
+    TaskOutcome,
+    describe_event,
+    run_pipeline,
 )
 from orchestrator.dispatch.probes import (
     Check,
@@ -71,18 +80,20 @@ from orchestrator.dispatch.service import (
     open_command_service,
     open_service,
 )
+from orchestrator.dispatch.taskfile import PipelineTask, TaskFile, load_tasks
 from orchestrator.gateway.lifecycle import DAY_S
 
 __all__ = [
-    "DAY_S", "GC_AFTER_S", "AgentArgs", "AgentDetail", "AgentInfo", "AgentList",
-    "AgentRemoved", "BudgetLeft", "Check", "Collected", "ContainerInfo", "ContainerRow",
-    "Count", "DialogueResult", "DialogueTurn", "DispatchArgs", "DispatchService",
-    "FetchedResult", "GroupDetail", "GroupInfo", "GroupList", "GroupMemberInfo", "JobList",
-    "JobStarted", "JobStatus", "Listing", "NetworkReady", "ParallelResult", "PoolInfo",
-    "Removal", "SandboxStatus", "Service", "TakenDown", "agent_ref", "agent_volume",
-    "build_images", "check_directories", "check_engine", "check_firewall", "check_images",
-    "check_isolation", "ensure_images", "find_run", "follow_log", "forget_agent",
-    "image_status", "list_images", "list_machine", "list_runs", "open_command_service",
-    "open_service", "pin_agent", "provision_network", "resolve_directory", "run_stats",
-    "take_down", "with_agent", "without_agent",
+    "DAY_S", "GC_AFTER_S", "AgentArgs", "AgentDetail", "AgentInfo", "AgentList", "AgentRemoved",
+    "BudgetLeft", "Check", "Collected", "ContainerInfo", "ContainerRow", "Count", "DialogueResult",
+    "DialogueTurn", "DispatchArgs", "DispatchService", "Event", "FetchedResult", "GroupDetail",
+    "GroupInfo", "GroupList", "GroupMemberInfo", "JobList", "JobStarted", "JobStatus", "Listing",
+    "NetworkReady", "ParallelResult", "PipelineResult", "PipelineTask", "PoolInfo", "Removal",
+    "SandboxStatus", "Service", "TakenDown", "TaskFile", "TaskOutcome", "agent_ref", "agent_volume",
+    "build_images", "build_orchestrator", "check_directories", "check_engine", "check_firewall",
+    "check_images",
+    "check_isolation", "describe_event", "ensure_images", "find_run", "follow_log", "forget_agent",
+    "image_status", "junit_xml", "list_images", "list_machine", "list_runs", "load_tasks",
+    "open_command_service", "open_service", "pin_agent", "provision_network", "resolve_directory",
+    "run_pipeline", "run_stats", "take_down", "with_agent", "without_agent", "write_junit",
 ]

@@ -1,7 +1,8 @@
 """The dispatch service as the MCP layer sees it: a Protocol plus the models it speaks.
 
 ``orchestrator.dispatch.service`` implements :class:`DispatchService`; ``orchestrator.server``
-adapts it to MCP tools and tests drive it through ``tests.fakes.FakeDispatcher``.
+adapts it to MCP tools; tests drive the real service over the fake runtime
+(``tests/servicekit.py``).
 Bad input is reported by raising :class:`orchestrator.errors.AdSandboxError`
 subclasses; a run that went wrong is a normal :class:`DispatchResult` with
 ``success=False``.

@@ -40,6 +40,8 @@ def project_state(directory: Path) -> str | None:
 def cache_key(request: RunRequest, agent: Agent, image_id: str, project: str) -> str:
     payload = {
         "agent": request.agent,
+        # The directory as resolved: two files may both say ``./proj`` of different repos.
+        "directory": str(agent.path),
         "config": agent.model_dump(mode="json"),
         "image": image_id,
         "model": agent.model,

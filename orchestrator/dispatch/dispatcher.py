@@ -19,7 +19,7 @@ from orchestrator.config import Agent, Config
 from orchestrator.configfile import ConfigSnapshot
 from orchestrator.dispatch import cachekey as cache
 from orchestrator.dispatch.checks import check_request
-from orchestrator.dispatch.host import Host, docker_runtime
+from orchestrator.dispatch.host import Host, docker_runtime, gateway_host_from_env
 from orchestrator.dispatch.reattach import adopt_orphans
 from orchestrator.errors import AdSandboxError, BudgetExceeded, ContainerFailed
 from orchestrator.gateway.lifecycle import DAY_S
@@ -322,6 +322,8 @@ async def open_dispatcher(*, warm: bool = False, runtime: Runtime | None = None,
     """
     if runtime is None:
         runtime = docker_runtime()
+    if gateway_host is None:
+        gateway_host = gateway_host_from_env()
     owned_state = state is None
     store = StateStore() if state is None else state
     failure: Exception | None = None

@@ -23,7 +23,12 @@ from orchestrator.errors import AdSandboxError, DockerUnavailable, UsageError
 from orchestrator.gateway.lifecycle import Gateway
 from orchestrator.gateway.tokens import TokenInfo
 from orchestrator.run.live import LiveRun
-from orchestrator.run.netguard import ensure_agents_network, guard_network
+from orchestrator.run.netguard import (
+    GATEWAY_HOST_AUTO,
+    ensure_agents_network,
+    guard_network,
+    guard_relay,
+)
 from orchestrator.run.pool import WarmPool
 from orchestrator.run.prepared import run_budget
 from orchestrator.run.reaper import reap
@@ -59,7 +64,9 @@ class Host:
         self.warm = warm
         self.adoptable = adoptable
         self.gateway_host = gateway_host
-        """Bind the gateway here instead of the network's gateway address (tests only)."""
+        """Bind the gateway here instead of the network's gateway address (tests only), or
+        ``auto``: this process runs in a container and binds its own address on the agents
+        network (``AD_SANDBOX_GATEWAY_HOST=auto``, compose)."""
         self.image_id = image_id or docker_image_id
         """An image reference's id (for cache keys), or None when there is no such image."""
         self.pid = os.getpid()
@@ -101,7 +108,11 @@ class Host:
             if self._gateway is not None:
                 return
             network = await anyio.to_thread.run_sync(lambda: ensure_agents_network(self.runtime))
-            if self.gateway_host is not None:
+            if self.gateway_host == GATEWAY_HOST_AUTO:  # in a container: see guard_relay
+                relay_ip = await anyio.to_thread.run_sync(guard_relay, network, self.config)
+                self._guarded = network
+                network = replace(network, gateway_ip=relay_ip)
+            elif self.gateway_host is not None:
                 network = replace(network, gateway_ip=self.gateway_host)
             else:  # the gateway listens on the agents network: only it may answer there
                 await anyio.to_thread.run_sync(lambda: guard_network(network, self.config))
@@ -155,6 +166,9 @@ class Host:
         """Re-assert the host firewall (a firewall reload drops it) for the network as it is
         now: rules for an address another process's network replaced would cut all off."""
         network = ensure_agents_network(self.runtime)
+        if self.gateway_host == GATEWAY_HOST_AUTO:
+            guard_relay(network, self.config)
+            return
         if self._guarded is not None and network.gateway_ip != self._guarded.gateway_ip:
             log.warning("the agents network now has gateway %s, not %s: this process's "
                         "gateway is unreachable until it restarts", network.gateway_ip,
@@ -170,18 +184,21 @@ class Host:
             await self.fill_pool(name, agent, target)
 
     async def fill_pool(self, name: str, agent: Agent, target: int,
-                        *, detached: bool = False) -> list[str]:
+                        *, detached: bool = False, strict: bool = False) -> list[str]:
         """Warm containers for ``agent`` up to ``target``; ``detached`` ones outlive this
-        process (`ad-sandbox up`). Returns the new containers' ids."""
+        process (`ad-sandbox up`). Returns the new containers' ids; what keeps the pool
+        from filling is logged, or raised when ``strict``."""
         await self.ensure_sandbox()
         assert self._pool is not None
         try:
             owner = directory_owner(name, agent, self.state)
         except UsageError as exc:
+            if strict:
+                raise
             log.warning("no warm pool for %s: %s", name, exc.one_line())
             return []
         return await self._pool.fill(name, agent, agent_image(self.config, agent), owner,
-                                     target, detached=detached)
+                                     target, detached=detached, strict=strict)
 
     async def release_container(self, container_id: str) -> None:
         """Remove a run's container and its lease."""
@@ -222,12 +239,29 @@ class Host:
     def _run_budget(self, info: TokenInfo) -> float:
         config = self.config
         agent = config.agents.get(info.agent)
-        return config.settings.budget.per_run if agent is None else run_budget(config, agent)
+        limit = config.settings.budget.per_run if agent is None else run_budget(config, agent)
+        return limit if info.budget_usd is None else min(limit, info.budget_usd)
 
     def _budget_refused(self, info: TokenInfo, reason: str) -> None:
         live = self._live.get(info.run_id)
         if live is not None:
             live.refuse_budget(reason)
+
+
+GATEWAY_HOST_ENV = "AD_SANDBOX_GATEWAY_HOST"
+
+
+def gateway_host_from_env() -> str | None:
+    """``auto`` when ``AD_SANDBOX_GATEWAY_HOST=auto`` (an orchestrator in a container), else
+    None; any other value is refused: an arbitrary bind address would skip the firewall."""
+    value = os.environ.get(GATEWAY_HOST_ENV, "").strip()
+    if not value:
+        return None
+    if value != GATEWAY_HOST_AUTO:
+        raise UsageError(f"{GATEWAY_HOST_ENV}={value!r} is not supported",
+                         hint=f"Set it to {GATEWAY_HOST_AUTO} in a container (compose), or unset "
+                         "it on the host.")
+    return value
 
 
 def docker_runtime() -> Runtime:

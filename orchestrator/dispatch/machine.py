@@ -24,7 +24,7 @@ from orchestrator.run.sandbox import (
     config_identity,
     volume_name,
 )
-from orchestrator.runtime import images
+from orchestrator.runtime import images, orchestrator_image
 from orchestrator.runtime.base import Runtime
 from orchestrator.runtime.docker_runtime import DockerRuntime
 from orchestrator.state import StateStore
@@ -182,6 +182,11 @@ def build_images(*, offline_base: bool, claude_version: str, force: bool,
     """Build the base and agent images unless up to date (``force``: anyway)."""
     return images.build_images(offline_base=offline_base, claude_version=claude_version,
                                force=force, progress=progress)
+
+
+def build_orchestrator(*, force: bool, progress: Progress) -> list[str]:
+    """Build the orchestrator image (compose) unless up to date; needs the base image."""
+    return orchestrator_image.build_orchestrator(force=force, progress=progress)
 
 
 def image_status(ref: str) -> ImageStatus | None:

@@ -33,7 +33,7 @@ from orchestrator.dispatch.api import (
     SandboxStatus,
 )
 from orchestrator.dispatch.dispatcher import Dispatcher, open_dispatcher
-from orchestrator.errors import AdSandboxError, UsageError
+from orchestrator.errors import AdSandboxError, ContainerFailed, UsageError
 from orchestrator.gateway.lifecycle import DAY_S
 from orchestrator.models import RunRecord, RunRequest
 from orchestrator.results import DispatchResult, ProgressFn
@@ -99,6 +99,11 @@ class Service:
         """Run ``req`` tied to its caller (a CLI command): cancelling the caller (Ctrl-C)
         kills the run, where :meth:`dispatch`'s runs outlive an MCP client that left."""
         return await self.dispatcher.dispatch(req, progress=progress, cancel_on_abandon=True)
+
+    def check(self, req: RunRequest) -> None:
+        """Raise what is wrong with ``req`` before anything runs (see
+        :meth:`~orchestrator.dispatch.dispatcher.Dispatcher.check`); nothing is recorded."""
+        self.dispatcher.check(req)
 
     async def start_async(self, req: RunRequest) -> str:
         return self.dispatcher.start_async(req)
@@ -172,12 +177,41 @@ class Service:
             reaped = []
         return Collected(runs=self.state.gc_runs(older_than_s), containers=reaped)
 
-    async def fill_pool(self, name: str) -> list[str]:
+    async def fill_pool(self, name: str, *, wait: bool = False) -> list[str]:
         """Start warm containers for agent ``name`` up to the pool target, detached from this
-        process (``up``: they outlive the command); the ids started."""
+        process (``up``: they outlive the command); the ids started.
+
+        With ``wait`` (``up --wait``) it returns only once the target's containers are
+        running, and raises the reason when one cannot be started or is not running."""
         config = self.config
-        return await self.dispatcher.host.fill_pool(
-            name, config.agent(name), config.settings.pool.warm_per_agent, detached=True)
+        host = self.dispatcher.host
+        target = config.settings.pool.warm_per_agent
+        made = await host.fill_pool(name, config.agent(name), target, detached=True,
+                                    strict=wait)
+        if wait:
+            await self._check_pool(name, target)
+        return made
+
+    async def _check_pool(self, name: str, target: int) -> None:
+        runtime = self.dispatcher.host.runtime
+        running = 0
+        for lease in self.state.containers(agent=name, state="warm"):
+            found = await anyio.to_thread.run_sync(runtime.inspect, lease.container_id)
+            if found is not None and found.running:
+                running += 1
+            elif found is not None:
+                logs = await anyio.to_thread.run_sync(runtime.logs, lease.container_id, 20)
+                last = " | ".join(logs.strip().splitlines()[-3:])[:300]
+                raise ContainerFailed(
+                    f"warm container {found.name or lease.container_id[:12]} of agent {name!r} "
+                    f"is {found.status} (exit code {found.exit_code})"
+                    + (f"; its last log lines: {last}" if last else ""),
+                    hint="Check the image and the mounts (`ad-sandbox doctor`); the last "
+                    "log lines are attached.", container=lease.container_id, last_logs=logs)
+        if running < target:
+            raise ContainerFailed(
+                f"agent {name!r}: {running} of {target} warm container(s) running",
+                hint="Run `ad-sandbox -v up --wait` to see why, or `ad-sandbox doctor`.")
 
     # ---- agents and groups --------------------------------------------------------------
 

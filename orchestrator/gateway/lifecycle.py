@@ -100,6 +100,9 @@ class Gateway:
         return True
 
     def stop(self) -> None:
+        for server in (*self._extra.values(), self._server, self._stub):
+            if server is not None:
+                server.begin_stop()  # all wind down at once; each stop() below joins
         for extra in self._extra.values():
             extra.stop()
         self._extra.clear()

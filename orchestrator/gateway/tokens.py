@@ -32,6 +32,8 @@ class TokenInfo:
     agent: str
     depth: int
     caller: str
+    budget_usd: float | None = None
+    """The run's own cap when its request lowered it (the config's caps still apply)."""
 
 
 def token_digest(token: str) -> str:

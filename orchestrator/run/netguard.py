@@ -16,11 +16,23 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from functools import partial
 
 from orchestrator.config import Config
 from orchestrator.run.sandbox import AGENTS_NETWORK, MANAGED
 from orchestrator.runtime.base import NetworkInfo, Runtime
-from orchestrator.runtime.firewall import NETWORK_OPTIONS, FirewallStatus, ensure_host_firewall
+from orchestrator.runtime.firewall import (
+    NETWORK_OPTIONS,
+    FirewallStatus,
+    ensure_host_firewall,
+    ensure_relay_path,
+)
+from orchestrator.runtime.incontainer import (
+    HostToolRunner,
+    join_network,
+    own_container_id,
+    own_image,
+)
 
 log = logging.getLogger(__name__)
 
@@ -48,3 +60,26 @@ def guard_network(network: NetworkInfo, config: Config,
             _warned_off = True
         return None
     return firewall(network.gateway_ip)
+
+
+GATEWAY_HOST_AUTO = "auto"
+"""``gateway_host`` of an orchestrator in a container: the relay on its own address."""
+_runners: dict[str, HostToolRunner] = {}
+
+
+def guard_relay(network: NetworkInfo, config: Config) -> str:
+    """For an orchestrator in a container: join ``network``, open the agents' path to this
+    container's relay ports and put the host rules in place (unless opted out), all through
+    the engine; return the address the relay binds.
+
+    The relay path is opened even with ``settings.host_firewall: off``: without it the
+    network's no-inter-container rule leaves the relay unreachable.
+    """
+    me = own_container_id()
+    relay_ip = join_network(me, network.name)
+    runner = _runners.get(me)
+    if runner is None:
+        runner = _runners[me] = HostToolRunner(own_image(me), me)
+    ensure_relay_path(relay_ip, runner=runner)
+    guard_network(network, config, firewall=partial(ensure_host_firewall, runner=runner))
+    return relay_ip

@@ -81,8 +81,11 @@ class WarmPool:
             self.state.remove_container(container_id)
 
     async def fill(self, agent_name: str, agent: Agent, image: str, owner: Owner, target: int,
-                   *, detached: bool = False) -> list[str]:
-        """Start warm containers until ``target`` wait for this agent; returns the new ids."""
+                   *, detached: bool = False, strict: bool = False) -> list[str]:
+        """Start warm containers until ``target`` wait for this agent; returns the new ids.
+
+        A container that cannot be started ends the filling: logged, or raised when
+        ``strict`` (``up --wait`` fails with the reason)."""
         key = pool_key(self.scope, image, agent, owner)
         waiting = [c for c in self.state.containers(agent=agent_name, state="warm")
                    if c.image == key]
@@ -96,6 +99,8 @@ class WarmPool:
                 await self._prepare_volume(agent_name, image, owner)
                 container_id = await anyio.to_thread.run_sync(self.runtime.create, spec)
             except AdSandboxError as exc:
+                if strict:
+                    raise
                 log.warning("warm pool for %s not filled: %s", agent_name, exc.one_line())
                 break
             self.state.add_container(container_id, agent=agent_name, owner_pid=pid,

@@ -26,17 +26,20 @@ class Prepared:
     image: str
     timeout: float
     budget_usd: float
-    """The run's money limit: ``settings.budget.per_run``, lowered by the agent's own."""
+    """The run's money limit: ``settings.budget.per_run``, lowered by the agent's own and the
+    request's ``max_budget_usd``."""
 
 
 def run_timeout(config: Config, agent: Agent, request: RunRequest) -> float:
     return request.timeout or agent.timeout or config.settings.default_timeout
 
 
-def run_budget(config: Config, agent: Agent) -> float:
+def run_budget(config: Config, agent: Agent, request: RunRequest | None = None) -> float:
     limit = config.settings.budget.per_run
     if agent.max_budget_usd is not None:
         limit = min(limit, agent.max_budget_usd)
+    if request is not None and request.max_budget_usd is not None:
+        limit = min(limit, request.max_budget_usd)
     return limit
 
 
@@ -51,5 +54,5 @@ def prepare(config: Config, request: RunRequest, pins: PinStore | None) -> Prepa
         secrets=read_secrets(request.agent, agent),
         image=agent_image(config, agent),
         timeout=run_timeout(config, agent, request),
-        budget_usd=run_budget(config, agent),
+        budget_usd=run_budget(config, agent, request),
     )

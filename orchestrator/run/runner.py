@@ -113,6 +113,7 @@ async def execute(env: RunEnv, request: RunRequest, prepared: Prepared,
             agent=request.agent,
             depth=request.depth,
             caller=request.caller,
+            budget_usd=request.max_budget_usd,
         )
     )
     container_id: str | None = None

@@ -39,6 +39,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from orchestrator.errors import FirewallError
 
@@ -230,16 +231,68 @@ class HostFirewall:
         return None if done.code == 0 else (done.stderr.strip() or f"exit {done.code}")
 
 
-def ensure_host_firewall(gateway_ip: str) -> FirewallStatus:
-    """The IPv4 rules (required) and the IPv6 ones (when ip6tables exists)."""
-    status = HostFirewall("iptables").ensure(gateway_ip)
-    six = HostFirewall("ip6tables")
+def ensure_host_firewall(gateway_ip: str, *, runner: Runner | None = None) -> FirewallStatus:
+    """The IPv4 rules (required) and the IPv6 ones (when ip6tables exists); ``runner``
+    runs the tools elsewhere (on the host, from a containerised orchestrator)."""
+    status = HostFirewall("iptables", **_through(runner)).ensure(gateway_ip)
+    six = HostFirewall("ip6tables", **_through(runner))
     if six.available() is None:
         try:
             six.ensure(gateway_ip)
         except FirewallError as exc:  # containers have IPv6 off; v4 is the boundary
             log.warning("IPv6 host firewall not installed: %s", exc.one_line())
     return status
+
+
+FORWARD_CHAIN = "AD-SANDBOX-FORWARD"
+FORWARD_JUMP = ["-i", BRIDGE, "-o", BRIDGE, "-j", FORWARD_CHAIN]
+
+
+def forward_rules(relay_ip: str) -> list[list[str]]:
+    """Agents to a containerised orchestrator's relay: the one bridged path allowed past the
+    network's no-inter-container-traffic drop (its ports only), and the answers back."""
+    ports = f"{GATEWAY_PORTS.start}:{GATEWAY_PORTS.stop - 1}"
+    return [["-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "ACCEPT"],
+            ["-d", f"{relay_ip}/32", "-p", "tcp", "-m", "tcp", "--dport", ports, "-j", "ACCEPT"]]
+
+
+def ensure_relay_path(relay_ip: str, *, runner: Runner | None = None) -> None:
+    """Make ``relay_ip`` (a container on the agents bridge) reachable on the gateway ports:
+    a chain jumped to first from Docker's ``DOCKER-USER`` for traffic within the bridge,
+    replaced in one transaction like the ``INPUT`` chain. One relay per engine: the chain
+    names only the latest address."""
+    fw = HostFirewall("iptables", **_through(runner))
+    problem = fw.available()
+    if problem is not None:
+        raise FirewallError(f"cannot open the path to the relay: {problem}", tool=fw.tool)
+    have = fw._cmd("-S", FORWARD_CHAIN)
+    wanted = [" ".join(rule) for rule in forward_rules(relay_ip)]
+    listed = fw._cmd("-S", "DOCKER-USER")
+    if listed.code != 0:
+        raise FirewallError(f"iptables -S DOCKER-USER failed: {listed.stderr.strip()}",
+                            hint="Is the Docker engine's firewall setup (iptables: true) on?")
+    jumps = _rules_of(listed.stdout, "DOCKER-USER")
+    jump = " ".join(FORWARD_JUMP)
+    if (have.code == 0 and _rules_of(have.stdout, FORWARD_CHAIN) == wanted
+            and jumps[:1] == [jump] and jumps.count(jump) == 1):
+        return
+    lines = ["*filter", f":{FORWARD_CHAIN} - [0:0]"]
+    lines += [" ".join(["-A", FORWARD_CHAIN, *rule]) for rule in forward_rules(relay_ip)]
+    lines += [" ".join(["-D", "DOCKER-USER", *FORWARD_JUMP])] * jumps.count(jump)
+    lines += [" ".join(["-I", "DOCKER-USER", "1", *FORWARD_JUMP]), "COMMIT", ""]
+    restore = fw._paths["iptables-restore"] or "iptables-restore"
+    done = fw._run([restore, "-w", "--noflush"], "\n".join(lines))
+    if done.code != 0:
+        raise FirewallError(f"iptables-restore refused the relay path: {done.stderr.strip()}",
+                            tool=fw.tool)
+    log.info("host firewall: agents may reach the relay at %s", relay_ip)
+
+
+def _through(runner: Runner | None) -> dict[str, Any]:
+    """HostFirewall arguments for tools run by ``runner`` (as root, found by its PATH)."""
+    if runner is None:
+        return {}
+    return {"runner": runner, "which": lambda name: name, "euid": lambda: 0}
 
 
 def firewall_status() -> FirewallStatus:

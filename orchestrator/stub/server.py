@@ -87,6 +87,12 @@ class StubServer:
             time.sleep(0.01)
         return self
 
+    def begin_stop(self) -> None:
+        """Stop accepting without waiting (open answers go on until :meth:`stop`), so it
+        winds down alongside the servers stopped with it."""
+        if self._server is not None:
+            self._server.should_exit = True
+
     def stop(self) -> None:
         """Stop serving and wait for the thread (open streams are cut)."""
         if self._server is not None:

@@ -218,3 +218,18 @@ def test_no_descriptor_is_left_open(repo: Path) -> None:
     with pytest.raises(StateUnknown):
         fingerprint(repo)
     assert len(os.listdir("/proc/self/fd")) == before
+
+
+def test_two_files_naming_the_same_relative_directory_do_not_share_cache_keys(
+    tmp_path: Path,
+) -> None:
+    from orchestrator.config import CONFIG_DIR, Agent
+    from orchestrator.models import RunRequest
+
+    request = RunRequest(agent="x", task="t")
+    one, two = (Agent.model_validate({"directory": "./proj"},
+                                     context={CONFIG_DIR: str(tmp_path / repo)})
+                for repo in ("a", "b"))
+    assert one.path != two.path
+    assert cache.cache_key(request, one, "img", "state") != cache.cache_key(
+        request, two, "img", "state")
