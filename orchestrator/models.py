@@ -43,6 +43,10 @@ class RunRequest(BaseModel):
     max_budget_usd: float | None = Field(default=None, ge=0)
     """A cap below ``settings.budget.per_run`` and the agent's own (a pipeline's share of
     its ``--budget``): the gateway and claude's ``--max-budget-usd`` both get the lowest."""
+    root_budget_usd: float | None = Field(default=None, ge=0)
+    """A cap below ``settings.budget.per_root`` for everything under ``root_run_id`` (a
+    pipeline's ``--budget``): the gateway holds every request of the tree against it
+    atomically, so runs started together cannot pass it between them."""
 
 
 class ClaudeResult(BaseModel):

@@ -6,14 +6,16 @@ runs: ``run_started``, ``progress`` (queued / starting / running), ``tool_call``
 and ``finished``, then one ``summary``. A task's events come in that order; tasks
 interleave. An invocation budget (``--budget``) stops tasks from starting once the money
 spent reaches it, and caps each one it starts at what is left (``RunRequest.max_budget_usd``,
-which the gateway enforces). Runs started in parallel each get what was left when they
-started, so together they may pass the budget by what they spend at once.
+which the gateway enforces). All of an invocation's tasks share one root whose budget is
+``--budget`` (``RunRequest.root_budget_usd``): the gateway holds every request of every task
+against it atomically, so tasks running at once cannot pass it between them.
 """
 
 from __future__ import annotations
 
 import re
 import time
+import uuid
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
@@ -185,6 +187,7 @@ async def run_pipeline(service: Runs, taskfile: TaskFile, *, budget_usd: float |
     check_all(service, taskfile)
     tasks = taskfile.tasks
     spending = Spending(budget_usd)
+    root = f"pipeline-{uuid.uuid4().hex[:16]}" if budget_usd is not None else None
     limiter = anyio.CapacityLimiter(service.config.settings.max_concurrency)
     results: list[TaskOutcome | None] = [None] * len(tasks)
 
@@ -207,7 +210,8 @@ async def run_pipeline(service: Runs, taskfile: TaskFile, *, budget_usd: float |
                 emit("run_started", task=task.task[:200], max_budget_usd=cap,
                      timeout=task.timeout, expect=task.expect)
                 reporter = _Reporter(index, task.agent, emit, spending)
-                result = await service.run(_request(task, cap), progress=reporter)
+                result = await service.run(_request(task, cap, root, budget_usd),
+                                           progress=reporter)
                 spending.done(index, result.cost_usd)
                 outcome = judge(index, task, result)
         results[index] = outcome
@@ -236,9 +240,13 @@ def worst_exit_code(codes: Iterable[int]) -> int:
     return max(codes, default=outcomes.EXIT_OK)
 
 
-def _request(task: PipelineTask, cap: float | None = None) -> RunRequest:
+def _request(task: PipelineTask, cap: float | None = None, root: str | None = None,
+             budget_usd: float | None = None) -> RunRequest:
+    """One task's request: its own cap is what was left when it started; all of the
+    invocation's tasks share one root whose budget is ``--budget``, which the gateway
+    enforces across them (so tasks started together cannot pass it between them)."""
     return RunRequest(agent=task.agent, task=task.task, timeout=task.timeout, caller=CALLER,
-                      max_budget_usd=cap)
+                      max_budget_usd=cap, root_run_id=root, root_budget_usd=budget_usd)
 
 
 def describe_event(event: Event) -> str | None:

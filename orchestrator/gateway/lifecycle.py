@@ -118,5 +118,7 @@ class Gateway:
 
     def _limits(self, info: TokenInfo) -> Limits:
         budget = self.config.settings.budget
-        return Limits(run=self._run_budget(info), root=budget.per_root, daily=budget.daily,
+        root = (budget.per_root if info.root_budget_usd is None
+                else min(budget.per_root, info.root_budget_usd))
+        return Limits(run=self._run_budget(info), root=root, daily=budget.daily,
                       day_since=time.time() - DAY_S)

@@ -34,6 +34,8 @@ class TokenInfo:
     caller: str
     budget_usd: float | None = None
     """The run's own cap when its request lowered it (the config's caps still apply)."""
+    root_budget_usd: float | None = None
+    """Its tree's cap when its request lowered it below ``settings.budget.per_root``."""
 
 
 def token_digest(token: str) -> str:

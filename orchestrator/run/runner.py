@@ -114,6 +114,7 @@ async def execute(env: RunEnv, request: RunRequest, prepared: Prepared,
             depth=request.depth,
             caller=request.caller,
             budget_usd=request.max_budget_usd,
+            root_budget_usd=request.root_budget_usd,
         )
     )
     container_id: str | None = None

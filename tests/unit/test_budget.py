@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import pytest
@@ -331,3 +331,23 @@ def test_relay_books_the_hold_when_the_client_hangs_up(
     wait_settled(store)
     held = store._db.conn().execute("SELECT usd FROM ledger WHERE run_id = 'r1'").fetchone()[0]
     assert held > PriceTable({"m": (1.0, 1.0)}).cost("m", Usage(5, 5))
+
+
+def test_a_requests_root_budget_lowers_the_trees_limit_never_raises_it() -> None:
+    """A pipeline's ``--budget`` is the root limit every one of its runs is held against."""
+    from orchestrator.config import Config
+    from orchestrator.gateway.lifecycle import Gateway
+    from orchestrator.runtime.base import NetworkInfo
+
+    config = Config.model_validate({"settings": {"budget": {"per_root": 5.0}}})
+    gateway = Gateway(config, cast(Any, None), cast(NetworkInfo, None),
+                      run_budget=lambda info: 1.0, on_budget_refused=lambda info, why: None)
+
+    def root_limit(root_budget: float | None) -> float:
+        info = TokenInfo(run_id="r", root_id="pipeline-1", agent="a", depth=0, caller="",
+                         root_budget_usd=root_budget)
+        return gateway._limits(info).root
+
+    assert root_limit(None) == 5.0
+    assert root_limit(0.25) == 0.25
+    assert root_limit(9.0) == 5.0
