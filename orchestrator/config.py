@@ -32,6 +32,17 @@ _UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
 
 PermissionMode = Literal["acceptEdits", "auto", "bypassPermissions", "manual", "dontAsk", "plan"]
 Egress = Literal["gateway-only", "allowlist", "open"]
+SERVER_TOOLS = frozenset({
+    "web_search", "web_fetch", "code_execution", "bash", "text_editor", "computer", "memory",
+    "tool_search_tool_regex", "tool_search_tool_bm25", "mcp_servers", "container", "files",
+    "url_sources",
+})
+"""What ``agents.NAME.server_tools`` may name: a typed tool's family (its ``type`` without
+the date, like ``web_search`` for ``web_search_20250305``), or ``mcp_servers`` (the MCP
+connector), ``container`` (code execution containers), ``files`` (Files API references),
+``url_sources`` (blocks the API fetches from a URL). A full dated type (``NAME_YYYYMMDD``)
+is accepted too, for tools newer than this list."""
+_DATED_TOOL = re.compile(r"^[a-z][a-z0-9_]*_\d{8}$")
 Mount = Literal["rw", "ro"]
 
 
@@ -165,6 +176,9 @@ class Agent(_Frozen):
     allow_hosts: list[str] = Field(default_factory=list)
     secrets: dict[str, SecretSource] = Field(default_factory=dict)
     dispatch_to: list[str] = Field(default_factory=list)
+    server_tools: list[str] = Field(default_factory=list)
+    """Model API features that reach outside the run (web search, code execution, the MCP
+    connector, Files API...) the relay lets this agent's requests use; see SERVER_TOOLS."""
     user: str | None = None
     """``"UID[:GID]"`` the run's processes get; default: the directory's owner, with root
     replaced by an unprivileged id (:mod:`orchestrator.privilege`). Never 0."""
@@ -179,6 +193,16 @@ class Agent(_Frozen):
         if isinstance(value, str):
             parse_user(value)
             return value.strip()
+        return value
+
+    @field_validator("server_tools")
+    @classmethod
+    def _server_tools(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if name not in SERVER_TOOLS and not _DATED_TOOL.fullmatch(name):
+                known = ", ".join(sorted(SERVER_TOOLS))
+                raise ValueError(f"server tool {name!r} is unknown; use one of {known}, "
+                                 "or a full dated type like web_search_20250305")
         return value
 
     @field_validator("secrets")

@@ -34,6 +34,9 @@ class DispatchResult(BaseModel):
     image: str | None = None
     ref: str | None = None
     """Set when the full result is stored by reference (``return_ref``): see fetch_result."""
+    parent_run_id: str | None = None
+    """The run that dispatched this one (nested dispatch through the gateway's ``/mcp``)."""
+    depth: int = 0
 
     @classmethod
     def from_record(cls, record: RunRecord, *, cached: bool = False) -> DispatchResult:
@@ -57,6 +60,8 @@ class DispatchResult(BaseModel):
             exit_reason=record.exit_reason,
             container_id=record.container_id,
             image=record.image,
+            parent_run_id=record.parent_id,
+            depth=record.depth,
         )
 
 

@@ -17,6 +17,8 @@ from orchestrator.safefs import RefusedPath, read_file
 
 GATEWAY_SERVER = "ad-sandbox"
 """Name of the orchestrator's MCP server in the agent's ``--mcp-config``."""
+NESTED_TOOLS = ("dispatch", "dispatch_parallel", "list_agents", "dispatch_session")
+"""The gateway's ``/mcp`` tools an agent with ``dispatch_to`` may call."""
 MCP_FILE = ".mcp.json"
 MCP_FILE_LIMIT = 1024 * 1024
 
@@ -36,11 +38,13 @@ def build_argv(
     max_budget_usd: float | None,
     mcp_config_path: str | None,
     output_format: Literal["json", "stream-json"] = "stream-json",
+    nested: bool = False,
 ) -> list[str]:
     """The argv of one ``claude -p`` run. Never contains the prompt.
 
     A new run pre-assigns ``--session-id`` so that even a run killed at its deadline can be
-    resumed; ``resume`` continues that session with ``--resume``.
+    resumed; ``resume`` continues that session with ``--resume``. ``nested`` allows the
+    orchestrator's nested-dispatch tools without a permission prompt.
     """
     argv = ["claude", "-p", "--output-format", output_format]
     if output_format == "stream-json":
@@ -52,6 +56,9 @@ def build_argv(
     # One flag per tool: a pattern such as "Bash(git log:*)" may hold spaces or commas.
     for tool in agent.allowed_tools:
         argv += ["--allowedTools", tool]
+    if nested:
+        for name in NESTED_TOOLS:
+            argv += ["--allowedTools", f"mcp__{GATEWAY_SERVER}__{name}"]
     for tool in agent.disallowed_tools:
         argv += ["--disallowedTools", tool]
     argv += ["--append-system-prompt", system_prompt(agent)]

@@ -20,6 +20,7 @@ from orchestrator.dispatch import open_command_service
 from orchestrator.models import RunRequest
 from orchestrator.paths import CONFIG_ENV, state_dir
 from orchestrator.results import DispatchResult
+from orchestrator.server.agentmcp import agent_mcp_routes
 
 CALC = '''import sys
 
@@ -97,7 +98,7 @@ def run_demo(say: Callable[[str], None]) -> bool:
 
     async def main() -> list[DispatchResult]:
         results = []
-        async with open_command_service() as service:
+        async with open_command_service(agent_mcp=agent_mcp_routes) as service:
             for task in TASKS:
                 text = task.online if online else task.offline
                 say(f"\n$ ad-sandbox run {task.agent} {text!r}")

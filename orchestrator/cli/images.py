@@ -11,6 +11,7 @@ import orchestrator
 from orchestrator.cli.app import handles_errors, image_app, out
 from orchestrator.dispatch import (
     agent_ref,
+    build_engine,
     build_images,
     build_orchestrator,
     image_status,
@@ -47,6 +48,12 @@ def build(
         typer.Option("--orchestrator",
                      help="Also build ad-sandbox/orchestrator (compose/compose.yaml runs it)."),
     ] = False,
+    with_engine: Annotated[
+        bool,
+        typer.Option("--engine",
+                     help="Also build ad-sandbox/orchestrator and ad-sandbox/engine "
+                     "(compose/compose.dind.yaml runs it)."),
+    ] = False,
 ) -> None:
     """Build ad-sandbox/base and ad-sandbox/agent (skipped when already up to date)."""
     started = time.monotonic()
@@ -58,8 +65,10 @@ def build(
             offline_base=offline_base, claude_version=claude_version, force=force,
             progress=_progress,
         )
-    if with_orchestrator:
+    if with_orchestrator or with_engine:
         built += build_orchestrator(force=force, progress=_progress)
+        if with_engine:
+            built += build_engine(force=force, progress=_progress)
     elif if_missing and not built:
         return
     took = time.monotonic() - started

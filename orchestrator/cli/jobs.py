@@ -15,6 +15,7 @@ from orchestrator.dispatch import (
     GC_AFTER_S,
     Collected,
     JobStatus,
+    child_runs,
     find_run,
     list_runs,
     open_command_service,
@@ -71,6 +72,11 @@ def job(
         value = getattr(record, name)
         if value:
             out(f"  {name}: {value}")
+    if record.parent_id:
+        out(f"  parent_run_id: {record.parent_id} (depth {record.depth}, root {record.root_id})")
+    for child in child_runs(record.run_id):
+        out(f"  child: {child.run_id} {child.agent} {child.status}"
+            + (f" ({child.exit_reason})" if child.exit_reason else ""))
     if record.result:
         out("\n" + record.result)
 
@@ -127,5 +133,8 @@ def stats(
         failures = ", ".join(f"{k} {v}" for k, v in entry["failures"].items()) or "-"
         out(f"{name:16}{entry['runs']:>6}{entry['successes']:>6}{entry['cached']:>8}"
             f"{entry['cost_usd']:>10.4f}{median:>9}  {failures}")
+    nested = {root: tree for root, tree in data.get("roots", {}).items() if tree["nested"]}
+    for root, tree in list(nested.items())[:10]:  # the costliest trees
+        out(f"tree {root}: {tree['runs']} runs, ${tree['cost_usd']:.4f}")
     total = data["total"]
     out(f"total: {total['runs']} runs, {total['successes']} ok, ${total['cost_usd']:.4f}")

@@ -24,6 +24,7 @@ from orchestrator.dispatch import (
     run_pipeline,
     write_junit,
 )
+from orchestrator.server.agentmcp import agent_mcp_routes
 
 EventFormat = Literal["jsonl"]
 
@@ -41,7 +42,7 @@ def run_tasks(taskfile: TaskFile, *, events: EventFormat | None, junit: Path | N
             sys.stderr.write(f"… {line}\n")
 
     async def main() -> PipelineResult:
-        async with open_command_service() as service:
+        async with open_command_service(agent_mcp=agent_mcp_routes) as service:
             return await run_pipeline(service, taskfile, budget_usd=budget, on_event=on_event)
 
     result = anyio.run(main)

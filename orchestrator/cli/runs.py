@@ -18,6 +18,7 @@ from orchestrator.dispatch import PipelineTask, TaskFile, load_tasks, open_comma
 from orchestrator.errors import UsageError
 from orchestrator.models import RunRequest
 from orchestrator.results import DispatchResult, ProgressUpdate
+from orchestrator.server.agentmcp import agent_mcp_routes
 from orchestrator.textinput import read_task
 
 DEFAULT_TEST_TASK = "Describe this project in two sentences."
@@ -33,7 +34,7 @@ def dispatch_once(request: RunRequest, *, show_progress: bool) -> DispatchResult
         sys.stderr.write(f"… {update.message()}\n")
 
     async def main() -> DispatchResult:
-        async with open_command_service() as service:
+        async with open_command_service(agent_mcp=agent_mcp_routes) as service:
             return await service.run(request, progress=show if show_progress else None)
 
     return anyio.run(main)

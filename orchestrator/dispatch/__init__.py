@@ -41,6 +41,7 @@ from orchestrator.dispatch.machine import (
     TakenDown,
     agent_ref,
     agent_volume,
+    build_engine,
     build_images,
     build_orchestrator,
     ensure_images,
@@ -50,6 +51,7 @@ from orchestrator.dispatch.machine import (
     provision_network,
     take_down,
 )
+from orchestrator.dispatch.nested import AgentCalls, AgentMcpFactory, Lifespan
 from orchestrator.dispatch.pipeline import (
     Event,
     PipelineResult,
@@ -66,6 +68,7 @@ from orchestrator.dispatch.probes import (
     check_isolation,
 )
 from orchestrator.dispatch.records import (
+    child_runs,
     find_run,
     follow_log,
     forget_agent,
@@ -84,15 +87,18 @@ from orchestrator.dispatch.taskfile import PipelineTask, TaskFile, load_tasks
 from orchestrator.gateway.lifecycle import DAY_S
 
 __all__ = [
-    "DAY_S", "GC_AFTER_S", "AgentArgs", "AgentDetail", "AgentInfo", "AgentList", "AgentRemoved",
+    "DAY_S", "GC_AFTER_S", "AgentArgs", "AgentCalls", "AgentDetail", "AgentInfo", "AgentList",
+    "AgentMcpFactory", "AgentRemoved",
     "BudgetLeft", "Check", "Collected", "ContainerInfo", "ContainerRow", "Count", "DialogueResult",
     "DialogueTurn", "DispatchArgs", "DispatchService", "Event", "FetchedResult", "GroupDetail",
-    "GroupInfo", "GroupList", "GroupMemberInfo", "JobList", "JobStarted", "JobStatus", "Listing",
+    "GroupInfo", "GroupList", "GroupMemberInfo", "JobList", "JobStarted", "JobStatus",
+    "Lifespan", "Listing",
     "NetworkReady", "ParallelResult", "PipelineResult", "PipelineTask", "PoolInfo", "Removal",
     "SandboxStatus", "Service", "TakenDown", "TaskFile", "TaskOutcome", "agent_ref", "agent_volume",
-    "build_images", "build_orchestrator", "check_directories", "check_engine", "check_firewall",
-    "check_images",
-    "check_isolation", "describe_event", "ensure_images", "find_run", "follow_log", "forget_agent",
+    "build_engine", "build_images", "build_orchestrator", "check_directories", "check_engine",
+    "check_firewall", "check_images",
+    "check_isolation", "child_runs", "describe_event", "ensure_images", "find_run", "follow_log",
+    "forget_agent",
     "image_status", "junit_xml", "list_images", "list_machine", "list_runs", "load_tasks",
     "open_command_service", "open_service", "pin_agent", "provision_network", "resolve_directory",
     "run_pipeline", "run_stats", "take_down", "with_agent", "without_agent", "write_junit",

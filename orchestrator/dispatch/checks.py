@@ -23,8 +23,6 @@ def unavailable_features(agent: Agent) -> str | None:
         return f"network.egress: {agent.network.egress}"
     if agent.allow_hosts:
         return "allow_hosts"
-    if agent.dispatch_to:
-        return "dispatch_to (nested dispatch)"
     return None
 
 
@@ -60,7 +58,7 @@ def check_request(config: Config, request: RunRequest, pins: PinStore | None) ->
     if unavailable:
         raise UsageError(
             f"agent {request.agent!r} asks for {unavailable}, which this version does "
-            "not provide yet (its runs get the gateway-only network and no nested dispatch)",
+            "not provide yet (its runs get the gateway-only network)",
             hint=f"Remove it from the agent (`ad-sandbox describe {request.agent}`) to run "
             "with the defaults.",
         )

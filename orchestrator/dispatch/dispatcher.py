@@ -7,6 +7,7 @@ finishes and its record is readable later.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -20,9 +21,10 @@ from orchestrator.configfile import ConfigSnapshot
 from orchestrator.dispatch import cachekey as cache
 from orchestrator.dispatch.checks import check_request
 from orchestrator.dispatch.host import Host, docker_runtime, gateway_host_from_env
+from orchestrator.dispatch.nested import AgentCalls, AgentMcpFactory
 from orchestrator.dispatch.reattach import adopt_orphans
-from orchestrator.errors import AdSandboxError, BudgetExceeded, ContainerFailed
-from orchestrator.gateway.lifecycle import DAY_S
+from orchestrator.errors import AdSandboxError, BudgetExceeded, ContainerFailed, UsageError
+from orchestrator.gateway.lifecycle import DAY_S, ExtraRoutes
 from orchestrator.models import ExitReason, RunRecord, RunRequest
 from orchestrator.outcomes import reason_error
 from orchestrator.results import DispatchResult, ProgressFn
@@ -77,7 +79,14 @@ class Dispatcher:
     def check(self, request: RunRequest) -> Prepared:
         """Everything that can be known wrong before a container exists, against the config
         as it is now; the run then uses the returned value, not a later config."""
-        return check_request(self.host.config, request, self.state)
+        prepared = check_request(self.host.config, request, self.state)
+        if prepared.agent.dispatch_to and self.host.agent_mcp is None:
+            raise UsageError(
+                f"agent {request.agent!r} has dispatch_to, but this process does not serve "
+                "nested dispatch (the gateway's /mcp)",
+                hint="Run it through `ad-sandbox run`, `serve` or `demo`, or remove its "
+                "dispatch_to.")
+        return prepared
 
     def submit(self, request: RunRequest,
                prepared: Prepared | None = None) -> tuple[LiveRun, Prepared]:
@@ -136,9 +145,11 @@ class Dispatcher:
                 await live.wait_done()
                 tg.cancel_scope.cancel()
         except anyio.get_cancelled_exc_class():
-            if cancel_on_abandon:
+            if cancel_on_abandon and not live.abandoned:  # abandoned: left to re-attach
                 with anyio.CancelScope(shield=True):
                     await self.cancel(live.run_id)
+                    if request.parent_run_id:  # its parent stopped waiting: it ended
+                        self._note_parent_ended(live.run_id, request.parent_run_id)
             raise
         return self.result_of(live.record)
 
@@ -182,10 +193,37 @@ class Dispatcher:
                 raise
             log.exception("run %s failed inside the orchestrator", live.run_id)
         finally:
+            if not live.abandoned:
+                with anyio.CancelScope(shield=True):
+                    await self._cancel_children(live.run_id)
             self.host.untrack(live)
             self._busy -= 1
             if not self._busy:
                 self._idle.set()
+
+    async def _cancel_children(self, run_id: str) -> None:
+        """Kill the live children of a run that ended (cancelled, timed out, or done while
+        a child still ran); theirs in turn end the same way."""
+        children = [live for live in self.host.live_runs()
+                    if live.record.parent_id == run_id and not live.done]
+        if not children:
+            return
+
+        async def one(child: LiveRun) -> None:
+            await self.cancel(child.run_id)
+            self._note_parent_ended(child.run_id, run_id)
+
+        async with anyio.create_task_group() as tg:
+            for child in children:
+                tg.start_soon(one, child)
+
+    def _note_parent_ended(self, run_id: str, parent_id: str) -> None:
+        """A nested run cancelled because its parent ended says so in its record."""
+        if self.state.get_run(run_id).exit_reason == "cancelled":
+            self.state.update_run(
+                run_id, error=f"cancelled: its parent run {parent_id} ended",
+                hint=f"The parent run {parent_id} was cancelled, timed out or finished before "
+                f"this nested run; see `ad-sandbox job {parent_id}`.")
 
     def _end_cancelled(self, run_id: str, when: str) -> RunRecord:
         error_type, hint = reason_error("cancelled")
@@ -213,13 +251,18 @@ class Dispatcher:
                     f"the daily budget ${config.settings.budget.daily:.2f} is spent "
                     f"(${spent:.4f} in 24 h)")
             await self.host.ensure_sandbox()
-            await self._acquire_slot(live, config.settings.max_concurrency)
+            # A nested run borrows its root's slot (the root waits on it): a tree deeper
+            # than max_concurrency cannot deadlock. Its container still counts in `ps`.
+            nested = request.parent_run_id is not None
+            if not nested:
+                await self._acquire_slot(live, config.settings.max_concurrency)
             try:
                 record = await execute(self.host.run_env(config), request, prepared, live)
             finally:
-                self.state.release_slot(live.run_id)
-                self._slot_freed.set()
-                self._slot_freed = anyio.Event()
+                if not nested:
+                    self.state.release_slot(live.run_id)
+                    self._slot_freed.set()
+                    self._slot_freed = anyio.Event()
             if key and record.success and record.exit_reason == "completed":
                 self.state.cache_put(key, record.run_id, config.settings.cache.ttl)
             warm = config.settings.pool.warm_per_agent
@@ -292,6 +335,8 @@ class Dispatcher:
                     await anyio.to_thread.run_sync(runtime.kill, record.container_id)
             return self.state.get_run(run_id)
         container_id = live.request_cancel()
+        # Its nested runs go at once, not after the parent's clean-up.
+        self.host.spawn(self._cancel_children, run_id)
         if container_id is not None:
             await anyio.to_thread.run_sync(runtime.kill, container_id)
         elif live.scope is not None:  # queued or starting: nothing to kill yet
@@ -313,12 +358,15 @@ async def open_dispatcher(*, warm: bool = False, runtime: Runtime | None = None,
                           image_id: Callable[[str], str | None] | None = None,
                           reattach: bool = False,
                           wait_for_runs: bool = True,
+                          agent_mcp: AgentMcpFactory | None = None,
                           ) -> AsyncIterator[Dispatcher]:
     """Start the dispatcher with its host: gateway, reaper and (``warm``) warm pools.
 
     ``reattach`` makes its runs adoptable by the next process and adopts the runs of dead
     ones; ``wait_for_runs``: see :meth:`Host.close`. The defaults are a CLI's: Docker, the
-    state store of ``AD_SANDBOX_STATE_DIR``, no warm pools, runs waited for.
+    state store of ``AD_SANDBOX_STATE_DIR``, no warm pools, runs waited for. ``agent_mcp``
+    (from a face) serves nested dispatch on the gateway's ``/mcp``; without it agents with
+    ``dispatch_to`` are refused.
     """
     if runtime is None:
         runtime = docker_runtime()
@@ -334,6 +382,8 @@ async def open_dispatcher(*, warm: bool = False, runtime: Runtime | None = None,
                         warm=warm, adoptable=reattach, gateway_host=gateway_host,
                         image_id=image_id)
             dispatcher = Dispatcher(host)
+            if agent_mcp is not None:
+                host.agent_mcp = _agent_routes(agent_mcp, host, dispatcher)
             try:
                 await dispatcher.start()
                 yield dispatcher
@@ -349,6 +399,12 @@ async def open_dispatcher(*, warm: bool = False, runtime: Runtime | None = None,
             store.close()
     if failure is not None:
         raise failure
+
+
+def _agent_routes(factory: AgentMcpFactory, host: Host, dispatcher: Dispatcher) -> ExtraRoutes:
+    loop = asyncio.get_running_loop()  # the gateway's thread hands each call back to it
+    return lambda tokens: factory(
+        AgentCalls(tokens, lambda: host.config, dispatcher, host.state, loop))
 
 
 async def _shielded_task_group(*, task_status: TaskStatus[TaskGroup]) -> None:

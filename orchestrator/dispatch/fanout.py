@@ -52,7 +52,8 @@ async def parallel(dispatcher: Dispatches, requests: list[RunRequest], *,
                             hint=f"Nothing was run. {exc.hint}") from exc
     if aggregate is not None:
         dispatcher.config.agent(aggregate)
-    root = new_id()
+    # A nested call's requests already share their caller's root (and its budget).
+    root = requests[0].root_run_id or new_id()
     rooted = [r.model_copy(update={"root_run_id": root}) for r in requests]
     results: list[DispatchResult | None] = [None] * len(rooted)
 
@@ -70,6 +71,7 @@ async def parallel(dispatcher: Dispatches, requests: list[RunRequest], *,
         combined = await dispatcher.dispatch(
             RunRequest(
                 agent=aggregate, caller="dispatch_parallel", root_run_id=root,
+                parent_run_id=requests[0].parent_run_id, depth=requests[0].depth,
                 task=f"Combine the {len(done)} results below into one answer.",
                 context="\n\n".join(
                     f"### Result {n} (agent {r.agent}, "

@@ -20,7 +20,7 @@ from anyio.abc import TaskGroup
 from orchestrator.config import Agent, Config
 from orchestrator.configfile import ConfigSnapshot
 from orchestrator.errors import AdSandboxError, DockerUnavailable, UsageError
-from orchestrator.gateway.lifecycle import Gateway
+from orchestrator.gateway.lifecycle import ExtraRoutes, Gateway
 from orchestrator.gateway.tokens import TokenInfo
 from orchestrator.run.live import LiveRun
 from orchestrator.run.netguard import (
@@ -77,6 +77,9 @@ class Host:
         """The network whose host firewall this process keeps in place."""
         self._pool: WarmPool | None = None
         self._sandbox_lock = anyio.Lock()
+        self.agent_mcp: ExtraRoutes | None = None
+        """The agents' ``/mcp`` routes on the gateway (nested dispatch), when a face gave
+        them (see :func:`orchestrator.dispatch.dispatcher.open_dispatcher`)."""
 
     @property
     def config(self) -> Config:
@@ -120,6 +123,7 @@ class Host:
             gateway = Gateway(
                 self.config, self.state, network,
                 run_budget=self._run_budget, on_budget_refused=self._budget_refused,
+                extra=self.agent_mcp,
             )
             await anyio.to_thread.run_sync(gateway.start)
             self._pool = WarmPool(runtime=self.runtime, state=self.state, network=network.name,
@@ -217,7 +221,8 @@ class Host:
         against (see :class:`orchestrator.run.prepared.Prepared`)."""
         assert self._gateway is not None and self._pool is not None, "sandbox not started"
         return RunEnv(config=config, state=self.state, runtime=self.runtime,
-                      gateway=GatewayHandle(self._gateway.url, self._gateway.tokens),
+                      gateway=GatewayHandle(self._gateway.url, self._gateway.tokens,
+                                            mcp_url=self._gateway.mcp_url),
                       pool=self._pool)
 
     def spawn(self, func: Callable[[*Args], Coroutine[Any, Any, Any]], *args: *Args) -> None:
@@ -233,6 +238,9 @@ class Host:
 
     def live(self, run_id: str) -> LiveRun | None:
         return self._live.get(run_id)
+
+    def live_runs(self) -> list[LiveRun]:
+        return list(self._live.values())
 
     # ---- budget hooks (called from the gateway's threads) ----------------------------------
 

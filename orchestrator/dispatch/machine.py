@@ -24,7 +24,7 @@ from orchestrator.run.sandbox import (
     config_identity,
     volume_name,
 )
-from orchestrator.runtime import images, orchestrator_image
+from orchestrator.runtime import engine_image, images, orchestrator_image
 from orchestrator.runtime.base import Runtime
 from orchestrator.runtime.docker_runtime import DockerRuntime
 from orchestrator.state import StateStore
@@ -187,6 +187,12 @@ def build_images(*, offline_base: bool, claude_version: str, force: bool,
 def build_orchestrator(*, force: bool, progress: Progress) -> list[str]:
     """Build the orchestrator image (compose) unless up to date; needs the base image."""
     return orchestrator_image.build_orchestrator(force=force, progress=progress)
+
+
+def build_engine(*, force: bool, progress: Progress) -> list[str]:
+    """Build the engine image (compose/compose.dind.yaml) unless up to date; needs the
+    orchestrator image."""
+    return engine_image.build_engine(force=force, progress=progress)
 
 
 def image_status(ref: str) -> ImageStatus | None:

@@ -87,7 +87,8 @@ def _adopt(host: Host, record: RunRecord) -> None:
                     record.run_id, record.gateway_url)
     gateway.tokens.restore(record.token_digest, TokenInfo(
         run_id=record.run_id, root_id=record.root_id, agent=record.agent,
-        depth=record.depth, caller=record.caller))
+        depth=record.depth, caller=record.caller,
+        server_tools=frozenset(agent.server_tools)))
     timeout = record.timeout_s or config.settings.default_timeout
     started = record.started_at or record.created_at
     state = host.state

@@ -35,6 +35,12 @@ def find_run(ref: str) -> RunRecord:
         return state.find_run(ref)
 
 
+def child_runs(run_id: str) -> list[RunRecord]:
+    """The nested runs ``run_id`` dispatched (through the gateway's ``/mcp``)."""
+    with StateStore() as state:
+        return state.child_runs(run_id)
+
+
 def run_stats(days: float) -> dict[str, Any]:
     """Runs, successes, failures by exit reason, cost and durations per agent."""
     with StateStore() as state:

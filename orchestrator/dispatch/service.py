@@ -33,6 +33,7 @@ from orchestrator.dispatch.api import (
     SandboxStatus,
 )
 from orchestrator.dispatch.dispatcher import Dispatcher, open_dispatcher
+from orchestrator.dispatch.nested import AgentMcpFactory
 from orchestrator.errors import AdSandboxError, ContainerFailed, UsageError
 from orchestrator.gateway.lifecycle import DAY_S
 from orchestrator.models import RunRecord, RunRequest
@@ -303,11 +304,12 @@ class Service:
 
 
 @asynccontextmanager
-async def open_command_service() -> AsyncIterator[Service]:
+async def open_command_service(*, agent_mcp: AgentMcpFactory | None = None,
+                               ) -> AsyncIterator[Service]:
     """The service for one CLI command: no warm pools, runs not adoptable (they end with
     the command, and :meth:`Service.run` kills them on Ctrl-C); opening it reaps this
-    config's leftovers."""
-    async with open_service(warm=False, reattach=False) as service:
+    config's leftovers. ``agent_mcp``: see :func:`open_service`."""
+    async with open_service(warm=False, reattach=False, agent_mcp=agent_mcp) as service:
         yield service
 
 
@@ -316,11 +318,14 @@ async def open_service(*, warm: bool = True, wait_for_runs: bool = True,
                        reattach: bool = True, runtime: Runtime | None = None,
                        state: StateStore | None = None, gateway_host: str | None = None,
                        image_id: Callable[[str], str | None] | None = None,
+                       agent_mcp: AgentMcpFactory | None = None,
                        ) -> AsyncIterator[Service]:
     """The service over a started dispatcher. The defaults are the MCP server's: Docker,
     warm pools filled, runs adoptable by the next process; the rest is
-    :func:`~orchestrator.dispatch.dispatcher.open_dispatcher`'s (tests pass a runtime)."""
+    :func:`~orchestrator.dispatch.dispatcher.open_dispatcher`'s (tests pass a runtime).
+    ``agent_mcp`` (``orchestrator.server.agentmcp.agent_mcp_routes``) serves nested
+    dispatch on the gateway; without it agents with ``dispatch_to`` are refused."""
     async with open_dispatcher(warm=warm, reattach=reattach, wait_for_runs=wait_for_runs,
                                runtime=runtime, state=state, gateway_host=gateway_host,
-                               image_id=image_id) as dispatcher:
+                               image_id=image_id, agent_mcp=agent_mcp) as dispatcher:
         yield Service(dispatcher)

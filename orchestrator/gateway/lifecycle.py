@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from urllib.parse import urlsplit
 
 from starlette.applications import Starlette
+from starlette.routing import BaseRoute
 
 from orchestrator.config import Config
 from orchestrator.gateway.ledger_gate import LedgerGate
 from orchestrator.gateway.ports import listen_in_range
-from orchestrator.gateway.server import GatewayServer, create_gateway_app
+from orchestrator.gateway.server import GatewayServer, Lifespan, create_gateway_app
 from orchestrator.gateway.tokens import RunTokens, TokenInfo, resolve_credential
 from orchestrator.runtime.base import NetworkInfo
 from orchestrator.state import RelayedAnswer, StateStore
@@ -28,6 +29,8 @@ from orchestrator.stub import StubServer
 log = logging.getLogger(__name__)
 
 DAY_S = 86400.0
+
+ExtraRoutes = Callable[[RunTokens], tuple[Sequence[BaseRoute], Lifespan | None]]
 
 
 class Gateway:
@@ -41,6 +44,7 @@ class Gateway:
         *,
         run_budget: Callable[[TokenInfo], float],
         on_budget_refused: Callable[[TokenInfo, str], None],
+        extra: ExtraRoutes | None = None,
     ) -> None:
         self.config = config
         self.state = state
@@ -52,6 +56,13 @@ class Gateway:
         self._server: GatewayServer | None = None
         self._app: Starlette | None = None
         self._extra: dict[int, GatewayServer] = {}
+        self._extra_routes = extra
+        """Builds more routes over this gateway's tokens: the agents' ``/mcp``."""
+
+    @property
+    def mcp_url(self) -> str | None:
+        """The agents' MCP endpoint on this gateway, when it serves one."""
+        return f"{self.url}/mcp" if self._extra_routes is not None else None
 
     @property
     def url(self) -> str:
@@ -66,7 +77,11 @@ class Gateway:
         else:
             upstream = api.upstream
             credential = resolve_credential(api.credential)
+        routes, lifespan = ((), None) if self._extra_routes is None else self._extra_routes(
+            self.tokens)
         app = create_gateway_app(
+            extra_routes=routes,
+            lifespan=lifespan,
             tokens=self.tokens,
             upstream=upstream,
             credential=credential,

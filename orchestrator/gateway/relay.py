@@ -1,6 +1,8 @@
 """The model relay: ``POST /v1/messages`` from a container, on to the real model API.
 
-It checks the run token, holds the request's largest cost against the budgets (cutting its
+It refuses what the container may not ask of the API (other paths, foreign keys, server
+tools its agent was not given; see :mod:`orchestrator.gateway.capabilities`), checks the run
+token, holds the request's largest cost against the budgets (cutting its
 ``max_tokens`` to what they can pay, see :mod:`orchestrator.gateway.budget`), swaps the token
 for the real credential, and streams the upstream answer back as it arrives (never buffered),
 reading the token usage out of it on the way; then books that usage, at most the hold. The
@@ -30,6 +32,14 @@ from orchestrator.gateway.budget import (
     ask_of,
     capped_body,
     parse_body,
+)
+from orchestrator.gateway.capabilities import (
+    COUNT_TOKENS_PATH,
+    MESSAGES_PATH,
+    Refusal,
+    body_refusal,
+    presented_token,
+    route_refusal,
 )
 from orchestrator.gateway.pricing import PriceTable, Usage
 from orchestrator.gateway.tokens import Credential, RunTokens, TokenInfo
@@ -69,6 +79,12 @@ def error_response(status: int, kind: str, message: str) -> JSONResponse:
     """An error in the Messages API's shape, which the CLI shows to its user."""
     body = {"type": "error", "error": {"type": kind, "message": message}}
     return JSONResponse(body, status_code=status)
+
+
+def _refused(request: Request, refusal: Refusal, run_id: str | None = None) -> Response:
+    log.warning("gateway refused %s %s%s: %s", request.method, request.url.path,
+                f" for run {run_id}" if run_id else "", refusal.text)
+    return error_response(refusal.status, refusal.kind, refusal.text)
 
 
 def run_token_of(request: Request) -> str | None:
@@ -207,7 +223,27 @@ class Relay:
             self._client = None
 
     async def messages(self, request: Request) -> Response:
-        token = run_token_of(request)
+        """``POST /v1/messages``."""
+        return await self._relay(request, MESSAGES_PATH)
+
+    async def count_tokens(self, request: Request) -> Response:
+        """``POST /v1/messages/count_tokens``."""
+        return await self._relay(request, COUNT_TOKENS_PATH)
+
+    async def refuse(self, request: Request) -> Response:
+        """Every other path and method: never forwarded."""
+        refusal = route_refusal(request.method, request.url.path, request.url.query)
+        assert refusal is not None, "a relayed route reached the refusal"
+        return _refused(request, refusal)
+
+    async def _relay(self, request: Request, path: str) -> Response:
+        refusal = route_refusal(request.method, path, request.url.query)
+        if refusal is not None:  # the route matched; a query other than ?beta=true did not
+            return _refused(request, refusal)
+        token = presented_token(request.headers.getlist("x-api-key"),
+                                request.headers.getlist("authorization"))
+        if isinstance(token, Refusal):
+            return _refused(request, token)
         info = self.tokens.lookup(token) if token else None
         if info is None:
             why = "no run token" if not token else "unknown or revoked run token"
@@ -216,16 +252,19 @@ class Relay:
                 401, "authentication_error",
                 f"ad-sandbox gateway: {why}; only a live ad-sandbox run may call the model API",
             )
+        counting = path == COUNT_TOKENS_PATH
         try:
             raw = await _read_body(request)
             parsed = parse_body(raw)
-            counting = request.url.path.endswith("/count_tokens")
             ask = ask_of(parsed, len(raw), self._prices, counting=counting)
         except BadBody as exc:
             return error_response(
                 413 if "too large" in str(exc) else 400, "invalid_request_error",
                 f"ad-sandbox gateway: {exc}",
             )
+        # Checked on the parsed body, which is what is re-serialised and forwarded.
+        if (refusal := body_refusal(parsed, info.server_tools, info.agent)) is not None:
+            return _refused(request, refusal, info.run_id)
         try:
             hold = await anyio.to_thread.run_sync(self._budget.reserve, info, ask)
         except Exception as exc:
@@ -239,8 +278,8 @@ class Relay:
                 BUDGET_STATUS, BUDGET_ERROR, f"ad-sandbox budget exhausted: {hold}"
             )
         body = capped_body(parsed, hold)
-        url = self.upstream + request.url.path
-        if request.url.query:
+        url = self.upstream + path
+        if request.url.query:  # "beta=true", the only query relayed
             url += "?" + request.url.query
         outgoing = self.client.build_request(
             request.method, url, headers=self._upstream_headers(request), content=body

@@ -1,7 +1,10 @@
 """The gateway app and the server that runs it in a background thread.
 
 The app owns the model relay; other routes (the agents' ``/mcp``) are added with
-``extra_routes`` and, when they need startup/shutdown work, ``lifespan``.
+``extra_routes`` and, when they need startup/shutdown work, ``lifespan``. Anything no route
+serves is refused by the relay's *messages only* rule (a 403 in the Messages API's error
+shape), so a route added to the router after the app is built would never be reached: pass
+it in ``extra_routes``.
 """
 
 from __future__ import annotations
@@ -17,10 +20,13 @@ from contextlib import AbstractAsyncContextManager
 
 import uvicorn
 from starlette.applications import Starlette
+from starlette.requests import Request
 from starlette.routing import BaseRoute, Route
+from starlette.types import Receive, Scope, Send
 
 from orchestrator.errors import SandboxError
 from orchestrator.gateway.budget import BudgetGate, CallbackGate
+from orchestrator.gateway.capabilities import COUNT_TOKENS_PATH, MESSAGES_PATH
 from orchestrator.gateway.pricing import Price, PriceTable
 from orchestrator.gateway.relay import CheckBudget, OnAnswer, OnUsage, Relay
 from orchestrator.gateway.tokens import Credential, RunTokens
@@ -46,7 +52,8 @@ def create_gateway_app(
     lifespan: Lifespan | None = None,
     on_answer: OnAnswer | None = None,
 ) -> Starlette:
-    """The gateway's ASGI app: ``POST /v1/messages`` (and ``/count_tokens``) plus ``extra_routes``.
+    """The gateway's ASGI app: ``POST /v1/messages`` (and ``/count_tokens``) plus ``extra_routes``;
+    any other request gets a 403 (:mod:`orchestrator.gateway.capabilities`).
 
     ``upstream`` is the model API's base URL; ``credential`` None sends no credential (the
     stub). ``on_usage(info, model, input_tokens, output_tokens, usd)`` is called from a worker
@@ -81,13 +88,28 @@ def create_gateway_app(
             await relay.aclose()
 
     routes: list[BaseRoute] = [
-        Route("/v1/messages", relay.messages, methods=["POST"]),
-        Route("/v1/messages/count_tokens", relay.messages, methods=["POST"]),
+        Route(MESSAGES_PATH, relay.messages, methods=["POST"]),
+        Route(COUNT_TOKENS_PATH, relay.count_tokens, methods=["POST"]),
         *extra_routes,
+        # Last: whatever no route above serves fully (another path, or another method on a
+        # relayed path) is refused here, never answered 404/405 or redirected.
+        Route("/{path:path}", _Refuse(relay)),
     ]
     app = Starlette(routes=routes, lifespan=run)
     app.state.relay = relay
     return app
+
+
+class _Refuse:
+    """The relay's refusal as a plain ASGI app: a Route over a function would answer only
+    GET, and every other method with a 405 instead of the refusal."""
+
+    def __init__(self, relay: Relay) -> None:
+        self._relay = relay
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = await self._relay.refuse(Request(scope, receive))
+        await response(scope, receive, send)
 
 
 class GatewayServer:

@@ -36,6 +36,9 @@ class TokenInfo:
     """The run's own cap when its request lowered it (the config's caps still apply)."""
     root_budget_usd: float | None = None
     """Its tree's cap when its request lowered it below ``settings.budget.per_root``."""
+    server_tools: frozenset[str] = frozenset()
+    """What its agent's ``server_tools`` allowed when the token was issued (see
+    :mod:`orchestrator.gateway.capabilities`)."""
 
 
 def token_digest(token: str) -> str:

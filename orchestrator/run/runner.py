@@ -115,6 +115,7 @@ async def execute(env: RunEnv, request: RunRequest, prepared: Prepared,
             caller=request.caller,
             budget_usd=request.max_budget_usd,
             root_budget_usd=request.root_budget_usd,
+            server_tools=frozenset(agent.server_tools),
         )
     )
     container_id: str | None = None
@@ -184,7 +185,9 @@ async def _run_claude(
     session_id = request.session_id or str(uuid.uuid4())
     env.state.update_run(live.run_id, session_id=session_id, timeout_s=timeout,
                          gateway_url=env.gateway.base_url, token_digest=token_digest(token))
-    mcp = claude.merged_mcp_config(claude.project_mcp_config(agent.path), None)
+    # Nested dispatch: the gateway's /mcp, authenticated by this run's token (SPEC §5).
+    nested = (env.gateway.mcp_url, token) if agent.dispatch_to and env.gateway.mcp_url else None
+    mcp = claude.merged_mcp_config(claude.project_mcp_config(agent.path), nested)
     group = env.config.groups.get(request.group) if request.group else None
     prompt = claude.build_prompt(request, shared_context=group.shared_context if group else "")
     runtime = env.runtime
@@ -205,6 +208,7 @@ async def _run_claude(
         max_budget_usd=prepared.budget_usd,
         mcp_config_path=f"{RUN_DIR}/mcp.json" if mcp is not None else None,
         output_format="stream-json",
+        nested=nested is not None,
     )
     run_env = claude.claude_env(
         base_url=env.gateway.base_url,

@@ -10,6 +10,7 @@ from mcp.server.mcpserver import MCPServer
 
 from orchestrator import __version__
 from orchestrator.dispatch import DispatchService, open_service
+from orchestrator.server.agentmcp import agent_mcp_routes
 from orchestrator.server.results import MANAGEMENT_TOOLS, AppState, ServiceFactory
 from orchestrator.server.tools import TOOLS
 
@@ -21,7 +22,7 @@ logger = logging.getLogger(__name__)
 def default_service_factory(*, wait_for_runs: bool = True,
                             ) -> AbstractAsyncContextManager[DispatchService]:
     """The production service: Docker, warm pools, runs adoptable by the next process."""
-    return open_service(wait_for_runs=wait_for_runs)
+    return open_service(wait_for_runs=wait_for_runs, agent_mcp=agent_mcp_routes)
 
 
 async def _sync_management_tools(server: MCPServer[AppState], enabled: bool) -> None:

@@ -103,6 +103,14 @@ class RunsMixin(StoreBase):
         ).fetchall()
         return [_load(r[0]) for r in rows]
 
+    def child_runs(self, parent_id: str) -> list[RunRecord]:
+        """The nested runs ``parent_id`` dispatched, oldest first."""
+        rows = self._db.conn().execute(
+            "SELECT record FROM runs WHERE parent_id = ? ORDER BY created_at, rowid",
+            (parent_id,),
+        ).fetchall()
+        return [_load(r[0]) for r in rows]
+
     def unfinished_runs(self) -> list[RunRecord]:
         """Runs not yet finished (queued or running), oldest first."""
         rows = self._db.conn().execute(

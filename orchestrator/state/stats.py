@@ -27,7 +27,8 @@ def _failure_key(exit_reason: str | None) -> str:
 
 class StatsMixin(StoreBase):
     def stats(self, since: float | None = None) -> dict[str, Any]:
-        """Per agent: runs, successes, failures by exit reason, cost, median/p90 duration."""
+        """Per agent: runs, successes, failures by exit reason, cost, median/p90 duration;
+        per budget root of more than one run (a nested or fanned-out tree): runs and cost."""
         with self._db.read() as conn:
             rows = conn.execute(
                 "SELECT agent, status, exit_reason, success, cached, duration_ms, cost_usd "
@@ -38,6 +39,13 @@ class StatsMixin(StoreBase):
                 "SELECT COALESCE(SUM(usd), 0.0) FROM ledger WHERE at >= ?",
                 (since if since is not None else float("-inf"),),
             ).fetchone()[0]
+            # Trees (nested dispatch, fan-out): one budget root over several runs.
+            trees = conn.execute(
+                "SELECT root_id, COUNT(*), SUM(cost_usd), MAX(parent_id IS NOT NULL) FROM runs "
+                "WHERE created_at >= ? GROUP BY root_id HAVING COUNT(*) > 1 "
+                "ORDER BY SUM(cost_usd) DESC",
+                (since if since is not None else float("-inf"),),
+            ).fetchall()
         agents: dict[str, dict[str, Any]] = {}
         durations: dict[str, list[float]] = {}
         for agent, status, exit_reason, success, cached, duration_ms, cost in rows:
@@ -65,6 +73,8 @@ class StatsMixin(StoreBase):
         return {
             "since": since,
             "agents": agents,
+            "roots": {root: {"runs": runs, "cost_usd": float(cost or 0.0), "nested": bool(nested)}
+                      for root, runs, cost, nested in trees},
             "total": {
                 "runs": sum(a["runs"] for a in agents.values()),
                 "successes": sum(a["successes"] for a in agents.values()),
