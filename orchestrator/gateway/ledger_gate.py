@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -24,6 +25,9 @@ log = logging.getLogger(__name__)
 
 SHOWN_USD = 0.00005
 """Less than this shows as $0.0000: call it nothing."""
+HOLD_WAIT_S = 120.0
+"""How long a request refused only for what others hold waits for those holds to settle."""
+HOLD_POLL_S = 0.2
 
 
 @dataclass(frozen=True)
@@ -50,8 +54,10 @@ class LedgerGate:
         *,
         limits: Callable[[TokenInfo], Limits],
         on_refused: Callable[[TokenInfo, str], None],
+        wait_s: float = HOLD_WAIT_S,
     ) -> None:
         self._ledger = ledger
+        self._wait_s = wait_s
         self._limits = limits
         self._on_refused = on_refused
         self._lock = threading.Lock()
@@ -68,9 +74,20 @@ class LedgerGate:
             granted = ask.grant(left)
             return None if granted is None else granted[1]
 
-        reservation = self._ledger.reserve(
-            info.run_id, info.root_id, self._limits(info), size
-        )
+        deadline = time.monotonic() + self._wait_s
+        while True:
+            granted = None
+            reservation = self._ledger.reserve(
+                info.run_id, info.root_id, self._limits(info), size
+            )
+            if reservation.id is not None and granted is not None:
+                break
+            if not fits_once_settled(reservation.headroom, ask) or time.monotonic() > deadline:
+                break
+            # Refused only for what requests in flight hold (runs of one tree, or of one
+            # pipeline, sharing a budget): they settle to their metered cost, far below their
+            # holds, so wait for them rather than fail a run that spent nothing.
+            time.sleep(HOLD_POLL_S)
         if reservation.id is None or granted is None:
             reason = refusal(reservation.headroom, ask)
             self._on_refused(info, reason)
@@ -130,6 +147,14 @@ class LedgerGate:
 
     def release(self, info: TokenInfo, hold: Hold) -> None:
         self._ledger.release(hold.id)
+
+
+def fits_once_settled(headroom: Headroom, ask: Ask) -> bool:
+    """Whether ``ask`` would be granted if every hold in flight were released: then a
+    refusal is only a matter of waiting."""
+    if not any(level.held > 0 for level in headroom.levels):
+        return False
+    return min(level.limit - level.spent for level in headroom.levels) >= ask.cheapest()
 
 
 def refusal(headroom: Headroom, ask: Ask) -> str:

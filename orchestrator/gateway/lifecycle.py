@@ -107,7 +107,7 @@ class Gateway:
             return True
         try:
             extra = GatewayServer(self._app, host=self.network.gateway_ip,
-                                  port=parsed.port).start()
+                                  port=parsed.port, lifespan=False).start()
         except Exception as exc:  # the address is taken: the adopted run will say so
             log.warning("cannot serve the adopted gateway address %s: %s", url, exc)
             return False

@@ -115,9 +115,13 @@ class _Refuse:
 class GatewayServer:
     """Uvicorn serving ``app`` from a background thread with its own event loop."""
 
-    def __init__(self, app: Starlette, host: str, port: int = 0) -> None:
+    def __init__(self, app: Starlette, host: str, port: int = 0, *,
+                 lifespan: bool = True) -> None:
         self.app = app
         self.host = host
+        self.lifespan = lifespan
+        """False for a second server of an app another server already runs: the app's
+        lifespan (the relay's client, the agents' MCP session manager) runs once."""
         self.port = port
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
@@ -149,7 +153,7 @@ class GatewayServer:
             self.app,
             log_level="warning",
             access_log=False,
-            lifespan="on",
+            lifespan="on" if self.lifespan else "off",
             loop="asyncio",
             ws="none",
             timeout_graceful_shutdown=2,

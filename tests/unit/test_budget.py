@@ -351,3 +351,27 @@ def test_a_requests_root_budget_lowers_the_trees_limit_never_raises_it() -> None
     assert root_limit(None) == 5.0
     assert root_limit(0.25) == 0.25
     assert root_limit(9.0) == 5.0
+
+
+def test_a_request_refused_only_for_others_holds_waits_for_them(store: StateStore) -> None:
+    """Runs sharing a root (a tree, a pipeline) must not fail while nothing is spent: a
+    request that fits once the holds in flight settle waits for them; one that would not
+    fit even then is refused at once."""
+    limits = Limits(run=1.0, root=1.0, daily=50.0, day_since=0.0)
+    refusals = Refusals()
+    gate = LedgerGate(store, limits=lambda info: limits, on_refused=refusals, wait_s=5.0)
+    ask = Ask(model="m", input_usd=0.6, usd_per_output_token=0.0, max_tokens=10)
+    first = gate.reserve(INFO, ask)
+    assert isinstance(first, Hold)
+    threading.Timer(0.5, gate.release, args=(INFO, first)).start()
+    started = time.monotonic()
+    second = gate.reserve(INFO, ask)
+    assert isinstance(second, Hold), second
+    assert 0.4 < time.monotonic() - started < 4.0
+    gate.release(INFO, second)
+
+    too_big = Ask(model="m", input_usd=1.5, usd_per_output_token=0.0, max_tokens=10)
+    started = time.monotonic()
+    assert isinstance(gate.reserve(INFO, too_big), str)
+    assert time.monotonic() - started < 1.0
+    assert not refusals.reasons[:-1]
