@@ -206,20 +206,23 @@ class Dispatcher:
         a child still ran); theirs in turn end the same way."""
         children = [live for live in self.host.live_runs()
                     if live.record.parent_id == run_id and not live.done]
-        if not children:
-            return
-
-        async def one(child: LiveRun) -> None:
-            await self.cancel(child.run_id)
-            self._note_parent_ended(child.run_id, run_id)
-
-        async with anyio.create_task_group() as tg:
+        if children:
+            async with anyio.create_task_group() as tg:
+                for child in children:
+                    tg.start_soon(self.cancel, child.run_id)
+        # Also the children a whole-process cancel (Ctrl-C) ended just before this parent
+        # (not those cancelled on their own while it went on to finish).
+        if self.state.get_run(run_id).exit_reason in ("cancelled", "timeout"):
+            for record in self.state.child_runs(run_id):
+                self._note_parent_ended(record.run_id, run_id)
+        else:
             for child in children:
-                tg.start_soon(one, child)
+                self._note_parent_ended(child.run_id, run_id)
 
     def _note_parent_ended(self, run_id: str, parent_id: str) -> None:
         """A nested run cancelled because its parent ended says so in its record."""
-        if self.state.get_run(run_id).exit_reason == "cancelled":
+        record = self.state.get_run(run_id)
+        if record.exit_reason == "cancelled" and parent_id not in (record.error or ""):
             self.state.update_run(
                 run_id, error=f"cancelled: its parent run {parent_id} ended",
                 hint=f"The parent run {parent_id} was cancelled, timed out or finished before "
