@@ -193,9 +193,9 @@ def _held(ports: range) -> Iterator[None]:
     try:
         for port in ports:
             sock = socket.socket()
+            sockets.append(sock)  # closed below even when the bind fails
             sock.bind(("127.0.0.1", port))
             sock.listen(1)
-            sockets.append(sock)
         yield
     finally:
         for sock in sockets:
