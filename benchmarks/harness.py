@@ -22,7 +22,7 @@ import docker
 from mcp import Client, StdioServerParameters
 from mcp.client.stdio import stdio_client
 
-from orchestrator.run.sandbox import LABEL_AGENT, LABEL_MANAGED, volume_name
+from orchestrator.run.sandbox import LABEL_AGENT, LABEL_MANAGED
 
 AD_SANDBOX = str(Path(sys.executable).with_name("ad-sandbox"))
 DEADLINE_S = 120.0
@@ -126,13 +126,10 @@ def check_answer(answer: dict[str, Any], expected: str) -> None:
 # --- bare host claude -----------------------------------------------------------------
 
 
-def host_claude(binary: Path, base_url: str, ws: Workspace, prompt: str, expected: str,
-                one_core: bool = False) -> float:
-    """One bare `claude -p` on the host against the stub; returns wall ms (spawn to exit).
-
-    ``one_core`` pins it to one CPU (taskset), close to an agent container's ``cpus: 1``.
-    """
-    env = {
+def host_env(binary: Path, base_url: str, ws: Workspace) -> dict[str, str]:
+    """The environment of a bare host `claude -p` against the stub (the peer's children get
+    the same): throwaway HOME and config dir, no non-essential traffic, no retries."""
+    return {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "HOME": str(ws.home),
         "CLAUDE_CONFIG_DIR": str(ws.root / "host-claude-config"),
@@ -142,6 +139,15 @@ def host_claude(binary: Path, base_url: str, ws: Workspace, prompt: str, expecte
         "DISABLE_AUTOUPDATER": "1",
         "CLAUDE_CODE_MAX_RETRIES": "0",
     }
+
+
+def host_claude(binary: Path, base_url: str, ws: Workspace, prompt: str, expected: str,
+                one_core: bool = False) -> float:
+    """One bare `claude -p` on the host against the stub; returns wall ms (spawn to exit).
+
+    ``one_core`` pins it to one CPU (taskset), close to an agent container's ``cpus: 1``.
+    """
+    env = host_env(binary, base_url, ws)
     argv = [str(binary), "-p", "--output-format", "json"]
     if one_core:
         argv = ["taskset", "--cpu-list", "0", *argv]
@@ -170,14 +176,16 @@ def _read_line(stream: IO[bytes], deadline: float) -> bytes:
     return stream.readline()
 
 
-def serve_to_initialize(env: dict[str, str], log: Path) -> float:
-    """Spawn `ad-sandbox serve`, send `initialize`; ms until its answer arrives. Then stop it."""
+def serve_to_initialize(env: dict[str, str], log: Path,
+                        argv: tuple[str, ...] = (AD_SANDBOX, "serve")) -> float:
+    """Spawn an MCP stdio server (`ad-sandbox serve` unless ``argv`` names another), send
+    `initialize`; ms until its answer arrives. Then stop it."""
     request = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
         "protocolVersion": "2025-11-25", "capabilities": {},
         "clientInfo": {"name": "bench", "version": "1"}}}
     with log.open("a") as errlog:
         started = time.perf_counter()
-        proc = subprocess.Popen([AD_SANDBOX, "serve"], env=env, stdin=subprocess.PIPE,
+        proc = subprocess.Popen(list(argv), env=env, stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, stderr=errlog)
         assert proc.stdin is not None and proc.stdout is not None
         try:
@@ -197,11 +205,49 @@ def serve_to_initialize(env: dict[str, str], log: Path) -> float:
     return elapsed
 
 
-def python_import_mcp() -> float:
-    """Reference: the same interpreter starting and importing `mcp`, in ms."""
+def python_import_mcp(python: str = sys.executable) -> float:
+    """Reference: an interpreter (this one unless named) starting and importing `mcp`, in ms."""
     started = time.perf_counter()
-    subprocess.run([sys.executable, "-c", "import mcp"], check=True, timeout=DEADLINE_S)
+    subprocess.run([python, "-c", "import mcp"], check=True, timeout=DEADLINE_S)
     return (time.perf_counter() - started) * 1000
+
+
+# --- memory -------------------------------------------------------------------------------
+
+
+def children(pid: int) -> set[int]:
+    """Direct children of ``pid`` (every thread's), from /proc."""
+    found: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        with suppress(OSError):
+            found.update(int(c) for c in (task / "children").read_text().split())
+    return found
+
+
+def descendants(pid: int) -> set[int]:
+    found: set[int] = set()
+    todo = [pid]
+    while todo:
+        kids = children(todo.pop()) - found
+        found |= kids
+        todo.extend(kids)
+    return found
+
+
+def rss_kib(pid: int) -> int:
+    """VmRSS of one process in KiB (0 once it is gone)."""
+    with suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def tree_rss_kib(pid: int) -> tuple[int, int]:
+    """(own RSS, RSS of the process and all its descendants), KiB. Shared pages count once
+    per process, so the second is an upper bound."""
+    own = rss_kib(pid)
+    return own, own + sum(rss_kib(c) for c in descendants(pid))
 
 
 # --- Docker -------------------------------------------------------------------------------
@@ -223,14 +269,17 @@ class Engine:
                                                 filters={"label": f"{LABEL_MANAGED}=1"}))
 
     def cleanup(self, agents: list[str]) -> list[str]:
-        """Remove whatever the benchmark's agents left (containers, config volumes)."""
+        """Remove whatever the benchmark's agents left (containers, session volumes), found by
+        their labels; the agents' names are unique to this run."""
         removed: list[str] = []
         for agent in agents:
             for container in self.containers(agent):
                 container.remove(force=True, v=True)
                 removed.append(container.name)
-            with suppress(docker.errors.NotFound):
-                self.client.volumes.get(volume_name(agent)).remove(force=True)
+            for volume in self.client.volumes.list(
+                    filters={"label": [f"{LABEL_MANAGED}=1", f"{LABEL_AGENT}={agent}"]}):
+                with suppress(docker.errors.NotFound):
+                    volume.remove(force=True)
         return removed
 
     def close(self) -> None:

@@ -1,4 +1,5 @@
-"""The measurements of SPEC §10, each against a baseline taken in the same run.
+"""The single-call measurements of SPEC §10 and issue 11, each against a baseline taken in the
+same run: the bare host `claude -p` and the fixed peer (agent-dispatch, stdin at /dev/null).
 
 Variants alternate round by round (the order rotates) so machine noise hits them alike; the
 first round of the dispatch comparison is a warm-up and is not kept.
@@ -9,7 +10,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ import anyio
 from mcp import Client
 
 from benchmarks.harness import (
+    AD_SANDBOX,
     DEADLINE_S,
     POLL_S,
     BenchError,
@@ -30,10 +32,10 @@ from benchmarks.harness import (
     serve_to_initialize,
     wait_warm,
 )
+from benchmarks.peer import PYTHON, SERVER, peer_body, peer_env
 from benchmarks.report import Row, median
 
 TASK, ANSWER = "[[reply: ok]]", "ok"
-FAN_OUT, MAX_CONCURRENCY = 10, 4
 TIMEOUT_S, KILL_GRACE_S = 3.0, 2.0
 
 
@@ -45,14 +47,22 @@ class Bench:
     stub_url: str
     rounds: int
     say: Callable[[str], None]
+    fan_out: int = 10
+    max_concurrency: int = 4
     warm: Client | None = None
     cold: Client | None = None
     cache: Client | None = None
+    peers: dict[str, Client] = field(default_factory=dict)
+    """agent-dispatch servers: ``shipped``, ``fixed`` (cache off) and ``cache`` (fixed, on)."""
 
     async def host(self, expected: str = ANSWER, prompt: str = TASK,
                    one_core: bool = False) -> float:
         return await anyio.to_thread.run_sync(
             partial(host_claude, self.claude, self.stub_url, self.ws, prompt, expected, one_core))
+
+    def peer_agent(self, variant: str) -> str:
+        """The agent of a peer server (only the shipped one runs the unfixed variant)."""
+        return self.ws.agent(f"peer-{'shipped' if variant == 'shipped' else 'fixed'}")
 
 
 def rotate(variants: list[str], i: int) -> list[str]:
@@ -69,43 +79,71 @@ async def dispatch_ms(client: Client, agent: str, task: str, expected: str,
     return elapsed, answer
 
 
+async def peer_call(client: Client, tool: str, args: dict[str, Any]) -> Any:
+    with anyio.fail_after(DEADLINE_S):
+        return peer_body(await client.call_tool(tool, args))
+
+
+async def peer_dispatch_ms(b: Bench, variant: str, task: str,
+                           expected: str) -> tuple[float, dict[str, Any]]:
+    started = time.perf_counter()
+    answer = await peer_call(b.peers[variant], "dispatch",
+                             {"agent": b.peer_agent(variant), "task": task})
+    elapsed = (time.perf_counter() - started) * 1000
+    check_answer(answer, expected)
+    return elapsed, answer
+
+
 # --- 5: start-up -----------------------------------------------------------------------------
 
 
-def measure_start(ws: Workspace, rounds: int, say: Callable[[str], None]) -> list[Row]:
-    """`ad-sandbox serve` spawn → initialize answered, alternated with `python -c import mcp`."""
+def measure_start(b: Bench) -> list[Row]:
+    """Server spawn → initialize answered: ours, the peer's, and `python -c import mcp`."""
+    ws = b.ws
     env = ws.server_env("start", warm=0, cache=True)
-    log = ws.log_file("start")
-    serve_to_initialize(env, log)  # warm-up: page cache, state dir creation
-    python_import_mcp()
-    samples: dict[str, list[float]] = {"serve": [], "mcp": []}
-    for i in range(rounds):
-        for variant in rotate(["serve", "mcp"], i):
-            samples[variant].append(serve_to_initialize(env, log) if variant == "serve"
-                                    else python_import_mcp())
-        say(f"start round {i + 1}/{rounds}: serve {samples['serve'][-1]:.0f} ms, "
-            f"import mcp {samples['mcp'][-1]:.0f} ms")
-    ref = Row("python -c 'import mcp' (reference)", samples["mcp"])
-    serve = Row("serve start -> initialize", samples["serve"], kind="ratio",
-                reference="import mcp", reference_ms=ref.median_ms,
-                notes=["no target here: SPEC compares it with agent-dispatch's server, not "
-                       "installed; `import mcp` is the floor any Python MCP server pays"])
-    return [serve, ref]
+    penv = peer_env(ws, b.claude, b.stub_url, "fixed", cache=True)
+    log, plog = ws.log_file("start"), ws.root / "peer-start.log"
+    runs: dict[str, Callable[[], float]] = {
+        "serve": lambda: serve_to_initialize(env, log, (AD_SANDBOX, "serve")),
+        "peer": lambda: serve_to_initialize(penv, plog, (str(SERVER), "serve")),
+        "mcp": python_import_mcp,
+        "peer mcp": lambda: python_import_mcp(str(PYTHON)),
+    }
+    for run in runs.values():  # warm-up: page cache, state dir creation
+        run()
+    samples: dict[str, list[float]] = {k: [] for k in runs}
+    for i in range(b.rounds):
+        for variant in rotate(list(runs), i):
+            samples[variant].append(runs[variant]())
+        b.say(f"start round {i + 1}/{b.rounds}: " + ", ".join(
+            f"{k} {v[-1]:.0f} ms" for k, v in samples.items()))
+    ref = Row("import_mcp", "python -c 'import mcp' (reference)", samples["mcp"])
+    peer_ref = Row("peer_import_mcp", "its python -c 'import mcp' (reference)",
+                   samples["peer mcp"], notes=["the peer's own virtualenv and mcp version"])
+    peer = Row("peer_start", "agent-dispatch serve -> initialize", samples["peer"],
+               kind="ratio", reference="its import mcp", reference_value=peer_ref.median)
+    serve = Row("serve_start", "serve start -> initialize", samples["serve"], kind="ratio",
+                reference="import mcp", reference_value=ref.median,
+                peer_value=peer.median, peer_target=1.0,
+                notes=["`import mcp` is the floor any Python MCP server pays (ours: mcp of "
+                       "the project's venv; the peer has its own)"])
+    return [serve, peer, ref, peer_ref]
 
 
-# --- 1-3: baseline, warm, cold ---------------------------------------------------------------
+# --- 1-3: bare, warm, cold, peer -------------------------------------------------------------
 
 
 async def measure_dispatch(b: Bench) -> list[Row]:
     assert b.warm is not None and b.cold is not None
     warm_agent, cold_agent = b.ws.agent("warm"), b.ws.agent("cold")
-    samples: dict[str, list[float]] = {"baseline": [], "warm": [], "cold": [], "one core": []}
+    samples: dict[str, list[float]] = {"bare": [], "warm": [], "cold": [], "one core": [],
+                                       "peer fixed": [], "peer shipped": []}
     refill: list[float] = []
     for i in range(b.rounds + 1):
         for variant in rotate(list(samples), i):
             # Untimed: the warm pool refilled after the last warm run, so nothing else runs.
             refill.append(await wait_warm(b.warm, warm_agent))
-            if variant in ("baseline", "one core"):
+            if variant in ("bare", "one core"):
                 elapsed = await b.host(one_core=variant == "one core")
             elif variant == "warm":
                 waiting = {c.id for c in await anyio.to_thread.run_sync(
@@ -113,8 +151,10 @@ async def measure_dispatch(b: Bench) -> list[Row]:
                 elapsed, answer = await dispatch_ms(b.warm, warm_agent, TASK, ANSWER)
                 if answer.get("container_id") not in waiting:
                     raise BenchError("the warm dispatch did not run in the warm container")
-            else:
+            elif variant == "cold":
                 elapsed, _ = await dispatch_ms(b.cold, cold_agent, TASK, ANSWER)
+            else:
+                elapsed, _ = await peer_dispatch_ms(b, variant.split()[1], TASK, ANSWER)
             if i > 0:
                 samples[variant].append(elapsed)
         if i == 0:
@@ -122,116 +162,70 @@ async def measure_dispatch(b: Bench) -> list[Row]:
         else:
             b.say(f"dispatch round {i}/{b.rounds}: " + ", ".join(
                 f"{k} {v[-1]:.0f} ms" for k, v in samples.items()))
-    base = Row("host claude -p (baseline)", samples["baseline"])
-    core = Row("host claude -p on one core", samples["one core"], kind="ratio",
-               reference="baseline", reference_ms=base.median_ms,
+    base = Row("bare", "host claude -p (bare, baseline)", samples["bare"])
+    bare: dict[str, Any] = {"kind": "ratio", "reference": "bare", "reference_value": base.median}
+    peer = Row("peer_dispatch", "agent-dispatch dispatch, stdin fixed", samples["peer fixed"],
+               **bare, notes=["the fair peer: its `claude` child gets stdin from /dev/null"])
+    shipped = Row("peer_dispatch_shipped", "agent-dispatch dispatch, as shipped",
+                  samples["peer shipped"], **bare,
+                  notes=["`claude` inherits the server's stdin (the MCP pipe) and waits for it"])
+    core = Row("one_core", "host claude -p on one core", samples["one core"], **bare,
                notes=["reference only: pinned with taskset, close to the agent containers' "
                       "default `cpus: 1` limit"])
-    warm = Row("warm dispatch (MCP stdio)", samples["warm"], kind="ratio", reference="baseline",
-               reference_ms=base.median_ms, target=1.10,
-               notes=[f"pool refill waited (untimed) median {median(refill) * 1000:.0f} ms"])
-    cold = Row("cold dispatch (MCP stdio)", samples["cold"], kind="ratio", reference="baseline",
-               reference_ms=base.median_ms, target=2.0)
+    warm = Row("warm", "warm dispatch (MCP stdio)", samples["warm"], **bare, target=0.5,
+               peer_value=peer.median, peer_target=1.0,
+               notes=[f"pool refill waited (untimed) median {median(refill) * 1000:.0f} ms",
+                      "stretch target 0.35x bare"])
+    cold = Row("cold", "cold dispatch (MCP stdio)", samples["cold"], **bare, target=1.6,
+               peer_value=peer.median)
     for row in (warm, cold):
-        row.notes.append(f"{row.median_ms / core.median_ms:.2f}x the one-core host run")
-    return [base, warm, cold, core]
+        row.notes.append(f"{row.median / core.median:.2f}x the one-core host run")
+    return [base, warm, cold, peer, shipped, core]
 
 
 # --- 4: cache hit ------------------------------------------------------------------------------
 
 
 async def measure_cache(b: Bench) -> list[Row]:
-    """Cache hits, alternated with the cheapest tool call (the MCP round-trip floor)."""
+    """Cache hits, ours and the peer's, alternated with the cheapest tool call of each (the
+    MCP round-trip floor)."""
     assert b.cache is not None
-    agent, task = b.ws.agent("cache"), "[[reply: cached answer]]"
-    _, first = await dispatch_ms(b.cache, agent, task, "cached answer")
-    if first.get("cached"):
+    agent, task, expected = b.ws.agent("cache"), "[[reply: cached answer]]", "cached answer"
+    _, first = await dispatch_ms(b.cache, agent, task, expected)
+    _, peer_first = await peer_dispatch_ms(b, "cache", task, expected)
+    if first.get("cached") or peer_first.get("cached"):
         raise BenchError("the first dispatch of the cache test was already a hit")
-    hits: list[float] = []
-    floor: list[float] = []
-    for _ in range(max(10, 2 * b.rounds)):
-        elapsed, answer = await dispatch_ms(b.cache, agent, task, "cached answer")
-        if not answer.get("cached"):
-            raise BenchError(f"expected a cache hit, got {answer}")
-        hits.append(elapsed)
-        started = time.perf_counter()
-        await call(b.cache, "cache_stats", {})
-        floor.append((time.perf_counter() - started) * 1000)
-    b.say(f"cache hits: median {median(hits):.2f} ms over {len(hits)}; "
-          f"cache_stats {median(floor):.2f} ms")
-    return [Row("cache hit (MCP stdio)", hits, kind="ms", target=3.0,
-                notes=["the same task again after one miss; call to answer at the client"]),
-            Row("MCP round trip: cache_stats", floor,
-                notes=["reference: the cheapest tool call through the same client and server"])]
-
-
-# --- 6: fan-out -----------------------------------------------------------------------------------
-
-
-async def host_fan_out(b: Bench) -> float:
-    """Reference: ten bare host `claude -p`, at most four at a time."""
-    limiter = anyio.CapacityLimiter(MAX_CONCURRENCY)
-
-    async def one(k: int) -> None:
-        async with limiter:
-            await b.host(f"fan-{k}", f"[[reply: fan-{k}]]")
-
-    started = time.perf_counter()
-    async with anyio.create_task_group() as tg:
-        for k in range(FAN_OUT):
-            tg.start_soon(one, k)
-    return (time.perf_counter() - started) * 1000
-
-
-async def mcp_fan_out(b: Bench, row: Row) -> float:
-    assert b.cold is not None
-    agent = b.ws.agent("cold")
-    items = [{"agent": agent, "task": f"[[reply: fan-{k}]]"} for k in range(FAN_OUT)]
-    started = time.perf_counter()
-    answer = await call(b.cold, "dispatch_parallel", {"dispatches": items})
-    elapsed = (time.perf_counter() - started) * 1000
-    results = answer.get("results", [])
-    got = [r.get("result") if r.get("success") else None for r in results]
-    if got != [f"fan-{k}" for k in range(FAN_OUT)]:
-        row.ok = False
-        row.notes.append(f"results missing or wrong: {got}")
-    # Containers are removed just after the answer, not before it: an orphan is one that is
-    # still there once that removal has had its moment.
-    deadline = time.monotonic() + ORPHAN_GRACE_S
-    left = await anyio.to_thread.run_sync(b.engine.containers, agent)
-    while left and time.monotonic() < deadline:
-        await anyio.sleep(0.1)
-        left = await anyio.to_thread.run_sync(b.engine.containers, agent)
-    if left:
-        row.ok = False
-        row.notes.append(f"left behind: {[c.name for c in left]}")
-    return elapsed
-
-
-ORPHAN_GRACE_S = 5.0
-
-
-async def measure_fan_out(b: Bench, cold_ms: float, base_ms: float) -> list[Row]:
-    waves = math.ceil(FAN_OUT / MAX_CONCURRENCY)
-    row = Row(f"fan-out {FAN_OUT} (dispatch_parallel)", [], kind="ratio",
-              reference=f"{waves} x cold median", reference_ms=waves * cold_ms, target=1.2)
-    host = Row(f"host claude -p x{FAN_OUT}, {MAX_CONCURRENCY} at a time", [], kind="ratio",
-               reference=f"{waves} x baseline median", reference_ms=waves * base_ms,
-               notes=["reference only: what this machine does with the same load and no "
-                      "orchestrator"])
-    rounds = max(2, b.rounds // 4)
-    for i in range(rounds):
-        for variant in rotate(["mcp", "host"], i):
-            if variant == "mcp":
-                row.samples_ms.append(await mcp_fan_out(b, row))
+    samples: dict[str, list[float]] = {"ours": [], "floor": [], "peer": [], "peer floor": []}
+    for i in range(max(10, 2 * b.rounds)):
+        for variant in rotate(list(samples), i):
+            started = time.perf_counter()
+            if variant == "ours":
+                _, answer = await dispatch_ms(b.cache, agent, task, expected)
+            elif variant == "peer":
+                _, answer = await peer_dispatch_ms(b, "cache", task, expected)
+            elif variant == "floor":
+                answer = {"cached": True}
+                await call(b.cache, "cache_stats", {})
             else:
-                host.samples_ms.append(await host_fan_out(b))
-        b.say(f"fan-out round {i + 1}/{rounds}: dispatch_parallel {row.samples_ms[-1]:.0f} ms, "
-              f"host {host.samples_ms[-1]:.0f} ms")
-    if row.ok:
-        row.notes.append(f"every round: {FAN_OUT} results in order, no container left "
-                         f"(label {b.ws.agent('cold')})")
-    return [row, host]
+                answer = {"cached": True}
+                await peer_call(b.peers["cache"], "cache_stats", {})
+            samples[variant].append((time.perf_counter() - started) * 1000)
+            if not answer.get("cached"):
+                raise BenchError(f"expected a cache hit from {variant}, got {answer}")
+    b.say("cache hits: " + ", ".join(f"{k} {median(v):.2f} ms" for k, v in samples.items()))
+    floor = Row("mcp_floor", "MCP round trip: cache_stats", samples["floor"],
+                notes=["reference: the cheapest tool call through the same client and server"])
+    peer_floor = Row("peer_mcp_floor", "agent-dispatch round trip: cache_stats",
+                     samples["peer floor"])
+    peer = Row("peer_cache_hit", "agent-dispatch cache hit", samples["peer"], kind="ratio",
+               reference="its cache_stats", reference_value=peer_floor.median,
+               notes=["its cache is in memory, keyed on the task and config; it does not "
+                      "look at the project"])
+    ours = Row("cache_hit", "cache hit (MCP stdio)", samples["ours"], kind="value",
+               reference="cache_stats", reference_value=floor.median,
+               target=floor.median + 1.0, peer_value=peer.median,
+               notes=["target: the MCP round trip + 1 ms; the same task again after one miss"])
+    return [ours, peer, floor, peer_floor]
 
 
 # --- 7: timeout kill ----------------------------------------------------------------------------
@@ -269,12 +263,13 @@ async def one_timeout(b: Bench, row: Row) -> tuple[float, float]:
 
 
 async def measure_timeout(b: Bench) -> Row:
-    row = Row(f"timeout kill ({TIMEOUT_S:g} s): running -> gone", [], kind="ms",
-              target=(TIMEOUT_S + KILL_GRACE_S) * 1000)
+    row = Row("timeout_kill", f"timeout kill ({TIMEOUT_S:g} s): running -> gone", [],
+              kind="value", target=(TIMEOUT_S + KILL_GRACE_S) * 1000,
+              notes=["ours only: the peer clamps a timeout to at least 10 s"])
     from_call: list[float] = []
     for i in range(max(1, b.rounds // 5)):
         gone, whole = await one_timeout(b, row)
-        row.samples_ms.append(gone)
+        row.samples.append(gone)
         from_call.append(whole)
         b.say(f"timeout round {i + 1}: container gone {gone:.0f} ms after it was seen running, "
               f"{whole:.0f} ms after the call")

@@ -84,12 +84,14 @@ class TimedDocker(DockerRuntime):
         self._timed("container remove", lambda: super(TimedDocker, self).remove(container_id))
 
     def between(self, start: float, end: float) -> dict[str, float]:
-        """Total ms per call name for the calls that began in [start, end], in call order."""
+        """Total ms per call name for the calls that began in [start, end], in call order,
+        each counted up to ``end`` only (a container removed after the answer costs it
+        nothing)."""
         totals: dict[str, float] = {}
         with self._lock:
             for name, began, ms in sorted(self.events, key=lambda e: e[1]):
                 if start <= began <= end:
-                    totals[name] = totals.get(name, 0.0) + ms
+                    totals[name] = totals.get(name, 0.0) + min(ms, (end - began) * 1000)
         return totals
 
 
