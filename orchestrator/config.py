@@ -31,7 +31,13 @@ _SIZE = re.compile(r"^(\d+(?:\.\d+)?)([kmg]?)b?$", re.IGNORECASE)
 _UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
 
 PermissionMode = Literal["acceptEdits", "auto", "bypassPermissions", "manual", "dontAsk", "plan"]
-Egress = Literal["gateway-only", "allowlist", "open"]
+Egress = Literal["none", "gateway-only", "allowlist", "learn", "open"]
+"""``none`` (the default; ``gateway-only`` is its older name): the gateway is the only exit.
+``allowlist``: HTTP and HTTPS to ``allow_hosts`` only, through the egress proxy.
+``learn``: every host allowed through the proxy and recorded (``ad-sandbox egress suggest``).
+``open``: every host allowed through the proxy."""
+HOST_PATTERN = r"(\*\.)?[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*"
+"""An ``allow_hosts`` entry: a host name, or ``*.`` and a domain (its subdomains only)."""
 SERVER_TOOLS = frozenset({
     "web_search", "web_fetch", "code_execution", "bash", "text_editor", "computer", "memory",
     "tool_search_tool_regex", "tool_search_tool_bm25", "mcp_servers", "container", "files",
@@ -44,6 +50,9 @@ connector), ``container`` (code execution containers), ``files`` (Files API refe
 is accepted too, for tools newer than this list."""
 _DATED_TOOL = re.compile(r"^[a-z][a-z0-9_]*_\d{8}$")
 Mount = Literal["rw", "ro"]
+OciRuntime = Literal["runc", "runsc"]
+RUNTIMES: tuple[OciRuntime, ...] = ("runc", "runsc")
+"""What ``agents.NAME.sandbox.runtime`` may name (the engine must know it)."""
 
 
 def parse_size(value: str) -> int:
@@ -155,7 +164,26 @@ class Resources(_Frozen):
 
 
 class Network(_Frozen):
-    egress: Egress = "gateway-only"
+    egress: Egress = "none"
+
+    @property
+    def proxied(self) -> bool:
+        """Whether runs reach the egress proxy (every mode but ``none``)."""
+        return self.egress not in ("none", "gateway-only")
+
+
+class SandboxSettings(_Frozen):
+    runtime: OciRuntime = "runc"
+    """The isolation level: ``runc`` (Linux namespaces) or ``runsc`` (gVisor, a user-space
+    kernel between the agent and the host's; it must be registered with the engine)."""
+
+    @field_validator("runtime", mode="before")
+    @classmethod
+    def _runtime(cls, value: object) -> object:
+        if value not in RUNTIMES:
+            raise ValueError(f"runtime {value!r} is unknown; use runc (the default) or runsc "
+                             "(gVisor)")
+        return value
 
 
 class Agent(_Frozen):
@@ -173,6 +201,7 @@ class Agent(_Frozen):
     image: str | None = None
     resources: Resources = Resources()
     network: Network = Network()
+    sandbox: SandboxSettings = SandboxSettings()
     allow_hosts: list[str] = Field(default_factory=list)
     secrets: dict[str, SecretSource] = Field(default_factory=dict)
     dispatch_to: list[str] = Field(default_factory=list)
@@ -194,6 +223,26 @@ class Agent(_Frozen):
             parse_user(value)
             return value.strip()
         return value
+
+    @field_validator("allow_hosts")
+    @classmethod
+    def _allow_hosts(cls, value: list[str]) -> list[str]:
+        hosts = []
+        for entry in value:
+            host = entry.strip().lower().rstrip(".")
+            if len(host) > 253 or not re.fullmatch(HOST_PATTERN, host):
+                raise ValueError(f"allow_hosts entry {entry!r} is not a host name (like "
+                                 "pypi.org) or a wildcard domain (like *.github.com)")
+            hosts.append(host)
+        return hosts
+
+    @model_validator(mode="after")
+    def _allow_hosts_need_allowlist(self) -> Agent:
+        # In learn and open they are kept (unused) so switching modes loses nothing.
+        if self.allow_hosts and not self.network.proxied:
+            raise ValueError(f"allow_hosts is set but network.egress is {self.network.egress} "
+                             "(no egress at all); set network: {egress: allowlist} to use it")
+        return self
 
     @field_validator("server_tools")
     @classmethod

@@ -67,6 +67,16 @@ class ClaudeResult(BaseModel):
     duration_ms: int = 0
 
 
+class EgressLog(BaseModel):
+    """What the egress proxy decided for one run: host name → requests."""
+
+    mode: str = ""
+    allowed: dict[str, int] = Field(default_factory=dict)
+    denied: dict[str, int] = Field(default_factory=dict)
+    complete: bool = True
+    """False when the proxy was lost during the run, and with it what it decided."""
+
+
 class RunRecord(BaseModel):
     """The durable record of one run (SPEC §6); the single source of every result."""
 
@@ -97,6 +107,8 @@ class RunRecord(BaseModel):
     output_tokens: int = 0
     num_turns: int = 0
     denied_tools: list[str] = Field(default_factory=list)
+    egress: EgressLog | None = None
+    """The proxy's decisions for this run (``network.egress`` other than ``none``)."""
     cached: bool = False
     parsed_result: Any = None
     owner_pid: int | None = None

@@ -37,6 +37,8 @@ class DispatchResult(BaseModel):
     parent_run_id: str | None = None
     """The run that dispatched this one (nested dispatch through the gateway's ``/mcp``)."""
     depth: int = 0
+    denied_hosts: list[str] = Field(default_factory=list)
+    """Hosts the egress proxy refused during the run."""
 
     @classmethod
     def from_record(cls, record: RunRecord, *, cached: bool = False) -> DispatchResult:
@@ -62,6 +64,7 @@ class DispatchResult(BaseModel):
             image=record.image,
             parent_run_id=record.parent_id,
             depth=record.depth,
+            denied_hosts=sorted(record.egress.denied) if record.egress else [],
         )
 
 

@@ -3,8 +3,11 @@
 #   1. the Python venv in .venv with the package installed editable (re-done when
 #      pyproject.toml changes),
 #   2. docker.io, mmdebstrap, docker-compose and npm from apt when missing,
-#   3. a running Docker engine (dockerd started in the background when `docker info` fails).
-# Usage: scripts/bootstrap.sh [all|venv|docker]   (default: all)
+#   3. a running Docker engine (dockerd started in the background when `docker info` fails),
+#   4. gVisor: runsc from apt, registered with that engine (merged into
+#      /etc/docker/daemon.json, the engine reloaded) so agents can use
+#      `sandbox.runtime: runsc`; skipped when not root or when DOCKER_HOST names another engine.
+# Usage: scripts/bootstrap.sh [all|venv|docker|runsc]   (default: all)
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -90,9 +93,25 @@ ensure_dockerd() {
     say "Docker engine ready ($(docker version --format '{{.Server.Version}}' 2>/dev/null))"
 }
 
+ensure_runsc() {
+    # Optional for users (only agents with sandbox.runtime: runsc need it), so without root
+    # it is skipped; `ad-sandbox doctor` says how to register it later.
+    if [ "$(id -u)" -ne 0 ]; then
+        say "not root: gVisor (runsc) not set up (see \`ad-sandbox doctor\`)"
+        return 0
+    fi
+    case "${DOCKER_HOST:-unix:///var/run/docker.sock}" in
+        unix:///var/run/docker.sock|unix:///run/docker.sock) ;;
+        *) say "DOCKER_HOST=$DOCKER_HOST: gVisor (runsc) not set up on that engine"; return 0 ;;
+    esac
+    [ -x /usr/bin/runsc ] || apt_install runsc
+    .venv/bin/python -m orchestrator.runtime.gvisor register
+}
+
 case "$WHAT" in
-    all) ensure_tools; ensure_venv; ensure_dockerd ;;
+    all) ensure_tools; ensure_venv; ensure_dockerd; ensure_runsc ;;
     venv) ensure_venv ;;
     docker) ensure_tools; ensure_dockerd ;;
-    *) die "unknown target '$WHAT' (use all, venv or docker)" ;;
+    runsc) ensure_venv; ensure_dockerd; ensure_runsc ;;
+    *) die "unknown target '$WHAT' (use all, venv, docker or runsc)" ;;
 esac

@@ -227,6 +227,15 @@ class RuntimeContract:
         assert "ad-sandbox image build" in info.value.hint
         assert all(s.name != spec.name for s in harness.runtime.list_managed())
 
+    def test_an_unregistered_runtime_fails_with_how_to_register(self, harness: Harness) -> None:
+        spec = harness.spec(runtime="no-such-runtime")
+        with pytest.raises(ContainerFailed) as info:
+            harness.runtime.create(spec)
+        assert info.value.message == ("runtime no-such-runtime is not registered with the "
+                                      "Docker engine")
+        assert "daemon.json" in info.value.hint
+        assert all(s.name != spec.name for s in harness.runtime.list_managed())
+
     def test_duplicate_name_fails_and_keeps_the_first(self, harness: Harness) -> None:
         spec = harness.spec()
         first = harness.runtime.create(spec)

@@ -6,6 +6,7 @@ from orchestrator.cli import (  # noqa: F401  (each module registers its command
     agents,
     demo,
     doctor,
+    egress,
     groups,
     images,
     jobs,

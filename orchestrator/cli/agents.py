@@ -45,7 +45,7 @@ Cpus = Annotated[float | None, typer.Option(help="CPU limit, e.g. 1.5.")]
 Memory = Annotated[str | None, typer.Option(help="Memory limit, e.g. 2g.")]
 Pids = Annotated[int | None, typer.Option(help="Process limit.")]
 TmpSize = Annotated[str | None, typer.Option("--tmp-size", help="Size of /tmp, e.g. 256m.")]
-EgressOpt = Annotated[str | None, typer.Option(help="gateway-only, allowlist or open.")]
+EgressOpt = Annotated[str | None, typer.Option(help="none, allowlist, learn or open.")]
 AllowHosts = Annotated[
     list[str] | None, typer.Option("--allow-host", help="Host for egress allowlist (repeatable).")
 ]

@@ -20,6 +20,7 @@ from orchestrator.dispatch import (
     check_directories,
     check_engine,
     check_firewall,
+    check_gvisor,
     check_images,
     check_isolation,
 )
@@ -79,7 +80,7 @@ def check_registration() -> Check:
 
 def run_checks() -> list[Check]:
     """All checks, in order: config, engine, images, agent directories, registration,
-    user namespaces, host firewall."""
+    user namespaces, gVisor, host firewall."""
     config_check, config = check_config()
     engine_check = check_engine()
     checks = [config_check, engine_check, *check_images(config, engine_check.status == "ok")]
@@ -87,7 +88,7 @@ def run_checks() -> list[Check]:
         checks += check_agents(config) + check_directories(config)
     checks.append(check_registration())
     if engine_check.status == "ok":
-        checks.append(check_isolation())
+        checks += [check_isolation(), check_gvisor(config)]
     checks.append(check_firewall(config))
     return checks
 

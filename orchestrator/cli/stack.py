@@ -17,7 +17,9 @@ from orchestrator.dispatch import (
     list_machine,
     open_command_service,
     provision_network,
+    provision_proxy,
     take_down,
+    target_run,
 )
 
 
@@ -43,6 +45,9 @@ def up(
     network = provision_network(config)
     out(f"network: {network.name} (internal, no inter-container traffic, gateway "
         f"{network.gateway_ip}; {network.guard})")
+    proxy = provision_proxy(config)
+    if proxy is not None:
+        out(f"egress proxy: {proxy}:3128 (squid; allow_hosts and learn per agent)")
     target = config.settings.pool.warm_per_agent
 
     async def fill() -> None:
@@ -96,7 +101,30 @@ def ps(every: AllFlag = False) -> None:
 def logs(
     target: Annotated[str, typer.Argument(help="A run id (or prefix) or an agent name.")],
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing.")] = False,
+    net: Annotated[bool, typer.Option(
+        "--net", help="The egress proxy's decisions for the run instead.")] = False,
 ) -> None:
     """A run's output (stream-json lines, secrets redacted); for an agent, its latest run."""
+    if net:
+        _egress_of(target)
+        return
     for chunk in follow_log(target, follow=follow):
         typer.echo(chunk, nl=False)
+
+
+def _egress_of(target: str) -> None:
+    record = target_run(target)
+    egress = record.egress
+    if egress is None:
+        out(f"run {record.run_id} ({record.agent}) had no egress: network.egress is none "
+            "(or the run ended before its proxy policy was set)")
+        return
+    out(f"run {record.run_id} ({record.agent}), egress {egress.mode}")
+    rows = [("allowed", egress.allowed), ("denied", egress.denied)]
+    if not egress.complete:
+        out("  the proxy was lost during the run: what it decided before is not known")
+    elif not egress.allowed and not egress.denied:
+        out("  no request went through the proxy")
+    for verdict, hosts in rows:
+        for host, count in sorted(hosts.items(), key=lambda item: (-item[1], item[0])):
+            out(f"  {verdict:8} {count:5}  {host}")

@@ -49,6 +49,7 @@ from orchestrator.dispatch.machine import (
     list_images,
     list_machine,
     provision_network,
+    provision_proxy,
     take_down,
 )
 from orchestrator.dispatch.nested import AgentCalls, AgentMcpFactory, Lifespan
@@ -64,10 +65,12 @@ from orchestrator.dispatch.probes import (
     check_directories,
     check_engine,
     check_firewall,
+    check_gvisor,
     check_images,
     check_isolation,
 )
 from orchestrator.dispatch.records import (
+    EgressSuggestion,
     child_runs,
     find_run,
     follow_log,
@@ -75,6 +78,8 @@ from orchestrator.dispatch.records import (
     list_runs,
     pin_agent,
     run_stats,
+    suggest_allow_hosts,
+    target_run,
 )
 from orchestrator.dispatch.service import (
     GC_AFTER_S,
@@ -90,16 +95,19 @@ __all__ = [
     "DAY_S", "GC_AFTER_S", "AgentArgs", "AgentCalls", "AgentDetail", "AgentInfo", "AgentList",
     "AgentMcpFactory", "AgentRemoved",
     "BudgetLeft", "Check", "Collected", "ContainerInfo", "ContainerRow", "Count", "DialogueResult",
-    "DialogueTurn", "DispatchArgs", "DispatchService", "Event", "FetchedResult", "GroupDetail",
+    "DialogueTurn", "DispatchArgs", "DispatchService", "EgressSuggestion", "Event",
+    "FetchedResult", "GroupDetail",
     "GroupInfo", "GroupList", "GroupMemberInfo", "JobList", "JobStarted", "JobStatus",
     "Lifespan", "Listing",
     "NetworkReady", "ParallelResult", "PipelineResult", "PipelineTask", "PoolInfo", "Removal",
     "SandboxStatus", "Service", "TakenDown", "TaskFile", "TaskOutcome", "agent_ref", "agent_volume",
     "build_engine", "build_images", "build_orchestrator", "check_directories", "check_engine",
-    "check_firewall", "check_images",
+    "check_firewall", "check_gvisor", "check_images",
     "check_isolation", "child_runs", "describe_event", "ensure_images", "find_run", "follow_log",
     "forget_agent",
     "image_status", "junit_xml", "list_images", "list_machine", "list_runs", "load_tasks",
-    "open_command_service", "open_service", "pin_agent", "provision_network", "resolve_directory",
-    "run_pipeline", "run_stats", "take_down", "with_agent", "without_agent", "write_junit",
+    "open_command_service", "open_service", "pin_agent", "provision_network", "provision_proxy",
+    "resolve_directory",
+    "run_pipeline", "run_stats", "suggest_allow_hosts", "take_down", "target_run", "with_agent",
+    "without_agent", "write_junit",
 ]

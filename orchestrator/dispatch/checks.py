@@ -16,16 +16,6 @@ MAX_PROMPT_CHARS = 400_000
 """Task + context + goal. Beyond this the model's context window is the wrong channel."""
 
 
-def unavailable_features(agent: Agent) -> str | None:
-    """Settings the config accepts (SPEC §3) that runs cannot honour yet: refused, never
-    silently ignored, because each changes what the sandbox lets through."""
-    if agent.network.egress != "gateway-only":
-        return f"network.egress: {agent.network.egress}"
-    if agent.allow_hosts:
-        return "allow_hosts"
-    return None
-
-
 def validate(config: Config, request: RunRequest) -> Agent:
     """Reject bad input before anything runs; returns the request's agent."""
     agent = config.agent(request.agent)
@@ -53,13 +43,5 @@ def validate(config: Config, request: RunRequest) -> Agent:
 def check_request(config: Config, request: RunRequest, pins: PinStore | None) -> Prepared:
     """Everything that can be known wrong before a container exists, against ``config``;
     the agent's directory owner and secrets are read here, once per run."""
-    agent = validate(config, request)
-    unavailable = unavailable_features(agent)
-    if unavailable:
-        raise UsageError(
-            f"agent {request.agent!r} asks for {unavailable}, which this version does "
-            "not provide yet (its runs get the gateway-only network)",
-            hint=f"Remove it from the agent (`ad-sandbox describe {request.agent}`) to run "
-            "with the defaults.",
-        )
+    validate(config, request)
     return prepare(config, request, pins)

@@ -22,12 +22,14 @@ from orchestrator.configfile import ConfigSnapshot
 from orchestrator.errors import AdSandboxError, DockerUnavailable, UsageError
 from orchestrator.gateway.lifecycle import ExtraRoutes, Gateway
 from orchestrator.gateway.tokens import TokenInfo
+from orchestrator.run.egress import EgressProxy
 from orchestrator.run.live import LiveRun
 from orchestrator.run.netguard import (
     GATEWAY_HOST_AUTO,
     ensure_agents_network,
     guard_network,
     guard_relay,
+    proxy_guard,
 )
 from orchestrator.run.pool import WarmPool
 from orchestrator.run.prepared import run_budget
@@ -76,6 +78,9 @@ class Host:
         self._guarded: NetworkInfo | None = None
         """The network whose host firewall this process keeps in place."""
         self._pool: WarmPool | None = None
+        self.egress = EgressProxy(
+            runtime, proxy_guard(in_container=gateway_host == GATEWAY_HOST_AUTO))
+        """Keeps the egress proxy for runs whose agent has ``network.egress``."""
         self._sandbox_lock = anyio.Lock()
         self.agent_mcp: ExtraRoutes | None = None
         """The agents' ``/mcp`` routes on the gateway (nested dispatch), when a face gave
@@ -223,7 +228,7 @@ class Host:
         return RunEnv(config=config, state=self.state, runtime=self.runtime,
                       gateway=GatewayHandle(self._gateway.url, self._gateway.tokens,
                                             mcp_url=self._gateway.mcp_url),
-                      pool=self._pool)
+                      pool=self._pool, egress=self.egress)
 
     def spawn(self, func: Callable[[*Args], Coroutine[Any, Any, Any]], *args: *Args) -> None:
         """Start ``func(*args)`` in the runs' task group: it outlives the caller that asked."""

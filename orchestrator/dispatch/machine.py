@@ -11,10 +11,24 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from orchestrator.config import Config
+from orchestrator.dispatch.host import gateway_host_from_env
 from orchestrator.errors import AdSandboxError
 from orchestrator.models import RunRecord
 from orchestrator.paths import config_path
-from orchestrator.run.netguard import ensure_agents_network, guard_network
+from orchestrator.run.egress import (
+    EGRESS_NETWORK,
+    LABEL_ROLE,
+    PROXY_NAME,
+    PROXY_VOLUME,
+    EgressProxy,
+)
+from orchestrator.run.egress import ROLE as PROXY_ROLE
+from orchestrator.run.netguard import (
+    GATEWAY_HOST_AUTO,
+    ensure_agents_network,
+    guard_network,
+    proxy_guard,
+)
 from orchestrator.run.reaper import reap
 from orchestrator.run.sandbox import (
     AGENTS_NETWORK,
@@ -68,6 +82,17 @@ def provision_network(config: Config) -> NetworkReady:
     return NetworkReady(network.name, network.gateway_ip, guard)
 
 
+def provision_proxy(config: Config) -> str | None:
+    """The egress proxy, when an agent of ``config`` has ``network.egress`` other than none;
+    its address on the agents network."""
+    if not any(agent.network.proxied for agent in config.agents.values()):
+        return None
+    in_container = gateway_host_from_env() == GATEWAY_HOST_AUTO
+    runtime = engine()
+    keeper = EgressProxy(runtime, proxy_guard(in_container=in_container))
+    return keeper.ensure(ensure_agents_network(runtime)).address
+
+
 # ---- down -----------------------------------------------------------------------------
 
 
@@ -99,10 +124,13 @@ def take_down(*, volumes: bool, every_config: bool) -> TakenDown:
     with StateStore() as state:
         removed = reap(runtime, state, scope=None if every_config else this_config(),
                        every_container=True)
-    removals = [_remove_network(runtime)]
+    removals = _remove_shared(runtime)
     if volumes:
         mine = {} if every_config else {LABEL_CONFIG: this_config()}
-        for name in runtime.list_volumes(mine):
+        names = runtime.list_volumes(mine)
+        if not any(r.kept for r in removals):  # the proxy is gone: its volume may go too
+            names += [v for v in runtime.list_volumes({}) if v == PROXY_VOLUME]
+        for name in names:
             try:
                 runtime.remove_volume(name)
             except AdSandboxError as exc:
@@ -112,15 +140,25 @@ def take_down(*, volumes: bool, every_config: bool) -> TakenDown:
     return TakenDown(removed, removals)
 
 
-def _remove_network(runtime: Runtime) -> Removal:
-    """The network is shared by every config: removed only when no container is left."""
-    if runtime.list_managed():
-        return Removal("network", AGENTS_NETWORK, " (other configs' containers use it)")
-    try:
-        runtime.remove_network(AGENTS_NETWORK)
-    except AdSandboxError as exc:
-        return Removal("network", AGENTS_NETWORK, f": {exc.one_line()}")
-    return Removal("network", AGENTS_NETWORK)
+def _remove_shared(runtime: Runtime) -> list[Removal]:
+    """The proxy and the networks are shared by every config: removed only when no agent
+    container of any config is left."""
+    left = [c for c in runtime.list_managed() if c.labels.get(LABEL_ROLE) != PROXY_ROLE]
+    if left:
+        kept = " (other configs' containers use it)"
+        return [Removal("network", AGENTS_NETWORK, kept), Removal("network", EGRESS_NETWORK, kept)]
+    removals = []
+    for proxy in runtime.list_managed({LABEL_ROLE: PROXY_ROLE}):
+        runtime.remove(proxy.id)
+        removals.append(Removal("container", f"{PROXY_NAME} (egress proxy)"))
+    for network in (AGENTS_NETWORK, EGRESS_NETWORK):
+        try:
+            runtime.remove_network(network)
+        except AdSandboxError as exc:
+            removals.append(Removal("network", network, f": {exc.one_line()}"))
+        else:
+            removals.append(Removal("network", network))
+    return removals
 
 
 # ---- ps -------------------------------------------------------------------------------

@@ -1,5 +1,5 @@
 """What ``doctor`` asks the machine: the engine, the images, the host firewall, user
-namespaces, and whether agent directories are still the ones pinned and not nested.
+namespaces, gVisor, and whether agent directories are still the ones pinned and not nested.
 
 Each probe answers with a :class:`Check` instead of raising: doctor shows every problem at
 once, and the first failure decides the exit code.
@@ -14,7 +14,7 @@ from orchestrator.config import Config
 from orchestrator.errors import AdSandboxError
 from orchestrator.paths import state_dir
 from orchestrator.run.dirpin import nested_agents, pin_problem
-from orchestrator.runtime import engine, firewall, images
+from orchestrator.runtime import engine, firewall, gvisor, images
 from orchestrator.state import StateStore
 
 Status = Literal["ok", "warn", "fail"]
@@ -109,3 +109,24 @@ def check_firewall(config: Config | None) -> Check:
                      f"{firewall.OPT_OUT_HINT}", 4)
     return Check("host firewall", "warn", f"not in place ({status.detail}); the next run "
                  "installs it")
+
+
+def check_gvisor(config: Config | None) -> Check:
+    """Whether runsc (gVisor) is registered with the engine: a warning without it, a failure
+    when an agent's ``sandbox.runtime`` asks for it."""
+    wanting = sorted(name for name, agent in (config.agents if config else {}).items()
+                     if agent.sandbox.runtime == gvisor.RUNSC)
+    try:
+        runtimes = engine.engine_runtimes()
+    except AdSandboxError as exc:
+        return Check("gVisor (runsc)", "warn", f"not checked: {exc.one_line()}")
+    if gvisor.runsc_registered(runtimes):
+        path = (runtimes.get(gvisor.RUNSC) or {}).get("path", "?")
+        used = f"; used by {', '.join(wanting)}" if wanting else ""
+        return Check("gVisor (runsc)", "ok", f"registered with the engine ({path}){used}")
+    if wanting:
+        return Check("gVisor (runsc)", "fail", "not registered with the engine, so runs of "
+                     f"{', '.join(wanting)} (sandbox.runtime: runsc) fail — "
+                     f"{gvisor.REGISTER_HINT}", 4)
+    return Check("gVisor (runsc)", "warn", "not registered with the engine (agents can use "
+                 f"sandbox.runtime: runsc once it is) — {gvisor.REGISTER_HINT}")

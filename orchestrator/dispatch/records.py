@@ -9,7 +9,9 @@ the run, and read here after the fact.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from orchestrator.config import Config
@@ -21,6 +23,7 @@ from orchestrator.run.runner import run_log_path
 from orchestrator.state import StateStore
 
 FOLLOW_POLL_S = 0.5
+SUGGEST_RUNS = 20
 
 
 def list_runs(*, status: str | None, agent: str | None, limit: int) -> list[RunRecord]:
@@ -47,18 +50,53 @@ def run_stats(days: float) -> dict[str, Any]:
         return state.stats(since=time.time() - days * DAY_S)
 
 
+def _target_run(state: StateStore, target: str) -> RunRecord:
+    """Run ``target`` (id or prefix), or agent ``target``'s latest run."""
+    try:
+        return state.find_run(target)
+    except RunNotFound:
+        runs = state.list_runs(agent=target, limit=1)
+        if not runs:
+            raise AgentNotFound(f"no run or agent matches {target!r}",
+                                hint="See `ad-sandbox jobs` for run ids.") from None
+        return runs[0]
+
+
+def target_run(target: str) -> RunRecord:
+    """The record ``logs`` shows: run ``target`` (id or prefix) or agent ``target``'s latest."""
+    with StateStore() as state:
+        return _target_run(state, target)
+
+
+@dataclass(frozen=True)
+class EgressSuggestion:
+    agent: str
+    runs: int
+    """How many of the agent's recent runs went through the proxy."""
+    hosts: dict[str, int]
+    """Every host those runs reached or tried (allowed or denied) → requests."""
+
+
+def suggest_allow_hosts(agent: str, *, last: int = SUGGEST_RUNS) -> EgressSuggestion:
+    """The hosts agent ``agent``'s last ``last`` proxied runs asked for (``learn`` records
+    them all; an allowlist run's denials are there too)."""
+    with StateStore() as state:
+        records = [r for r in state.list_runs(agent=agent, limit=last) if r.egress is not None]
+    hosts: Counter[str] = Counter()
+    for record in records:
+        assert record.egress is not None
+        hosts.update(record.egress.allowed)
+        hosts.update(record.egress.denied)
+    hosts.pop("(other)", None)
+    hosts.pop("(unreadable)", None)
+    return EgressSuggestion(agent, len(records), dict(hosts.most_common()))
+
+
 def follow_log(target: str, *, follow: bool, poll_s: float = FOLLOW_POLL_S) -> Iterator[str]:
     """The stream-json log of run ``target`` (id or prefix), or of agent ``target``'s latest
     run, in chunks; with ``follow``, until the run has finished."""
     with StateStore() as state:
-        try:
-            record = state.find_run(target)
-        except RunNotFound:
-            runs = state.list_runs(agent=target, limit=1)
-            if not runs:
-                raise AgentNotFound(f"no run or agent matches {target!r}",
-                                    hint="See `ad-sandbox jobs` for run ids.") from None
-            record = runs[0]
+        record = _target_run(state, target)
         path = run_log_path(record.run_id)
         offset = 0
         while True:

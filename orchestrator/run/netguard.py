@@ -19,12 +19,14 @@ from collections.abc import Callable
 from functools import partial
 
 from orchestrator.config import Config
+from orchestrator.run.egress import PROXY_PORT
 from orchestrator.run.sandbox import AGENTS_NETWORK, MANAGED
 from orchestrator.runtime.base import NetworkInfo, Runtime
 from orchestrator.runtime.firewall import (
     NETWORK_OPTIONS,
     FirewallStatus,
     ensure_host_firewall,
+    ensure_proxy_paths,
     ensure_relay_path,
 )
 from orchestrator.runtime.incontainer import (
@@ -83,3 +85,19 @@ def guard_relay(network: NetworkInfo, config: Config) -> str:
     ensure_relay_path(relay_ip, runner=runner)
     guard_network(network, config, firewall=partial(ensure_host_firewall, runner=runner))
     return relay_ip
+
+
+def proxy_guard(*, in_container: bool) -> Callable[[str], None]:
+    """What opens the agents' path to the egress proxy at an address (and closes the egress
+    bridge to the host): the host's iptables, through the engine when this process runs in
+    a container. Needed even with ``settings.host_firewall: off``: without it the agents
+    network's no-inter-container rule leaves the proxy unreachable."""
+    def guard(address: str) -> None:
+        runner = None
+        if in_container:
+            me = own_container_id()
+            runner = _runners.get(me)
+            if runner is None:
+                runner = _runners[me] = HostToolRunner(own_image(me), me)
+        ensure_proxy_paths(address, PROXY_PORT, runner=runner)
+    return guard

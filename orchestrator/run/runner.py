@@ -14,20 +14,23 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import anyio
 
 from orchestrator import claude, outcomes
-from orchestrator.config import Config, LogSettings
-from orchestrator.errors import AdSandboxError
+from orchestrator.config import Agent, Config, LogSettings
+from orchestrator.errors import AdSandboxError, SandboxError
 from orchestrator.gateway.tokens import RunTokens, TokenInfo, token_digest
-from orchestrator.models import ClaudeResult, ExitReason, RunRecord, RunRequest
+from orchestrator.models import ClaudeResult, EgressLog, ExitReason, RunRecord, RunRequest
 from orchestrator.paths import state_dir
 from orchestrator.privilege import scrub_after_run
 from orchestrator.redaction import redact, redactor
 from orchestrator.run import crosscheck, transcripts
 from orchestrator.run.dirpin import verify_directory
+from orchestrator.run.egress import EgressProxy, Proxy, denied_hint, proxy_env
 from orchestrator.run.live import LiveRun
+from orchestrator.run.netguard import ensure_agents_network
 from orchestrator.run.pool import WarmPool
 from orchestrator.run.prepared import Prepared
 from orchestrator.run.runlog import CappedLog
@@ -61,6 +64,8 @@ class RunEnv:
     runtime: Runtime
     gateway: GatewayHandle
     pool: WarmPool
+    egress: EgressProxy | None = None
+    """The egress proxy keeper (runs whose agent has ``network.egress`` other than none)."""
 
 
 def run_log_path(run_id: str) -> Path:
@@ -119,6 +124,7 @@ async def execute(env: RunEnv, request: RunRequest, prepared: Prepared,
         )
     )
     container_id: str | None = None
+    egress_at: tuple[Proxy, str] | None = None
     scrubbed = not secrets
     try:
         live.starting()
@@ -127,20 +133,32 @@ async def execute(env: RunEnv, request: RunRequest, prepared: Prepared,
         live.running(container_id)
         env.state.update_run(record.run_id, status="running", container_id=container_id,
                              image=image, started_at=time.time())
-        outcome = await _run_claude(env, request, prepared, container_id, token, live)
+        extra_env: dict[str, str] = {}
+        if agent.network.proxied:
+            egress_at = await anyio.to_thread.run_sync(_open_egress, env, agent, container_id)
+            extra_env = proxy_env(egress_at[0], _host_of(env.gateway.base_url))
+        outcome = await _run_claude(env, request, prepared, container_id, token, live,
+                                    extra_env=extra_env)
         # The transcripts lose their secrets before the run counts as finished (a reaper
         # removes a finished run's container), while its container still runs.
         scrubbed = scrubbed or await scrub_run(env, live, image, owner, container_id, secrets,
                                                helper_allowed=False)
+        egress_log = None
+        if egress_at is not None:
+            opened, egress_at = egress_at, None
+            egress_log = await anyio.to_thread.run_sync(_close_egress, env, agent, opened)
         # Recorded and answered first; the container is removed after (the caller does
         # not wait for that; the process does, before it exits).
-        return conclude(env, live, request, outcome, secrets)
+        return conclude(env, live, request, outcome, secrets, egress=egress_log)
     except AdSandboxError as exc:
         if live.cancel_requested:  # the kill raced the set-up; the cancel is what happened
             raise
         return _finish_error(env, live, exc, exit_reason="crashed", container_id=container_id)
     finally:
         env.gateway.tokens.revoke(token)
+        if egress_at is not None:  # ended early: the address loses its policy all the same
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(_close_egress, env, agent, egress_at)
         if not live.abandoned:  # a hold whose answer never began streaming is let go here
             env.state.release_holds(live.run_id)
         if container_id is not None and not live.abandoned:
@@ -149,6 +167,35 @@ async def execute(env: RunEnv, request: RunRequest, prepared: Prepared,
                 if not scrubbed:  # killed (timeout, cancel, OOM): a throwaway container does it
                     await scrub_run(env, live, image, owner, None, secrets)
                 await scrub_after_run(request.agent, agent.path, mount=agent.mount)
+
+
+def _open_egress(env: RunEnv, agent: Agent, container_id: str) -> tuple[Proxy, str]:
+    """The proxy, and this run's container address given the agent's policy there."""
+    if env.egress is None:
+        raise SandboxError("this process has no egress proxy keeper",
+                           hint="Run through `ad-sandbox run` or `ad-sandbox serve`.")
+    proxy = env.egress.ensure(ensure_agents_network(env.runtime))
+    state = env.runtime.inspect(container_id)
+    client = state.addresses.get(env.pool.network, "") if state is not None else ""
+    if not client:
+        raise SandboxError(f"container {container_id[:12]} has no address on "
+                           f"{env.pool.network}", container=container_id)
+    env.egress.open(proxy, client, agent)
+    return proxy, client
+
+
+def _close_egress(env: RunEnv, agent: Agent, opened: tuple[Proxy, str]) -> EgressLog:
+    """What the proxy decided for the run; a proxy that died during it took that along."""
+    assert env.egress is not None
+    try:
+        return env.egress.close(*opened, agent.network.egress)
+    except AdSandboxError as exc:
+        log.warning("egress decisions of %s lost: %s", opened[1], exc.one_line())
+        return EgressLog(mode=agent.network.egress, complete=False)
+
+
+def _host_of(url: str) -> str:
+    return urlsplit(url).hostname or ""
 
 
 async def scrub_run(env: RunEnv, live: LiveRun, image: str, owner: Owner,
@@ -178,6 +225,8 @@ async def _run_claude(
     container_id: str,
     token: str,
     live: LiveRun,
+    *,
+    extra_env: dict[str, str],
 ) -> _ExecOutcome:
     agent, owner, secrets, timeout = (prepared.agent, prepared.owner, prepared.secrets,
                                       prepared.timeout)
@@ -216,7 +265,7 @@ async def _run_claude(
         config_dir=CONFIG_DIR,
         uid=owner.uid,
         api_timeout_ms=int(min(timeout, 600) * 1000),
-    )
+    ) | extra_env
     return await watch(env, live, container_id, ["bash", "-c", RUN_SCRIPT, "ad-sandbox-run", *argv],
                        exec_env=run_env, user=owner.user, timeout=timeout, secrets=secrets,
                        stdin_data=prompt.encode())
@@ -342,6 +391,8 @@ def conclude(
     request: RunRequest,
     outcome: _ExecOutcome,
     secrets: dict[str, bytes],
+    *,
+    egress: EgressLog | None = None,
 ) -> RunRecord:
     result = outcome.result
     if outcome.reason == "completed" and result is not None and not result.is_error:
@@ -358,6 +409,7 @@ def conclude(
         "result": text,
         "last_action": live.last_action,
         "cost_usd": env.state.spent_run(live.run_id),
+        "egress": egress,
     }
     if result is not None:
         fields.update(
@@ -384,7 +436,8 @@ def conclude(
             error_type, hint = outcomes.reason_error(outcome.reason)
             detail = live.budget_reason or ""
         fields["error_type"] = error_type
-        fields["hint"] = hint
+        denied = denied_hint(egress)
+        fields["hint"] = f"{denied} {hint or ''}".strip() if denied else hint
         stderr = redact(outcome.stderr.strip(), secrets)
         fields["error"] = redact(
             f"run {outcome.reason}" + (f": {detail}" if detail else "")

@@ -147,6 +147,7 @@ def container_spec(
         cpus=resources.cpus,
         memory_bytes=resources.memory_bytes,
         pids_limit=resources.pids,
+        runtime=agent.sandbox.runtime,
     )
 
 

@@ -25,6 +25,7 @@ WORKSPACE_VOLUME_LABEL = "ad-sandbox.workspace"
 FILE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,254}$")
 """Names accepted by :meth:`Runtime.write_files`: one path component, no dot-dot."""
 
+RUNTIME_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _FORBIDDEN_NETWORKS = frozenset({"host"})
 _DOCKER_SOCKETS = ("docker.sock", "containerd.sock")
 
@@ -56,6 +57,8 @@ class ContainerSpec:
     memory_bytes: int
     pids_limit: int
     command: tuple[str, ...] = ("sleep", "infinity")
+    runtime: str = "runc"
+    """The engine's OCI runtime: ``runc``, or ``runsc`` (gVisor, :mod:`.gvisor`)."""
 
     def __post_init__(self) -> None:
         # A spec that weakens the sandbox is a programming error, caught before any
@@ -70,6 +73,8 @@ class ContainerSpec:
         for path in self.tmpfs:
             if not posixpath.isabs(path):
                 raise ValueError(f"tmpfs path {path!r} must be an absolute path")
+        if not RUNTIME_NAME.fullmatch(self.runtime):
+            raise ValueError(f"runtime {self.runtime!r} is not a runtime name")
         if self.cpus <= 0 or self.memory_bytes <= 0 or self.pids_limit <= 0:
             raise ValueError("cpus, memory_bytes and pids_limit must be positive")
         if not re.fullmatch(r"\d+(:\d+)?", self.user):
@@ -107,6 +112,8 @@ class ContainerState:
     oom_killed: bool
     labels: dict[str, str] = field(default_factory=dict)
     name: str = ""
+    addresses: dict[str, str] = field(default_factory=dict)
+    """Network name → the container's IPv4 address on it."""
 
 
 @dataclass(frozen=True)
@@ -114,6 +121,8 @@ class NetworkInfo:
     name: str
     gateway_ip: str
     internal: bool
+    subnet: str = ""
+    """Its IPv4 subnet in CIDR form, when the engine says."""
 
 
 LineCallback = Callable[[str], None]
@@ -138,6 +147,12 @@ class Runtime(Protocol):
 
     def remove_network(self, name: str) -> None:
         """Remove the network; no error if it is gone."""
+        ...
+
+    def connect_network(self, container_id: str, network: str, *,
+                        aliases: Sequence[str] = ()) -> str:
+        """Attach the container to ``network`` (once; no-op when attached) with ``aliases``;
+        return its IPv4 address there."""
         ...
 
     def ensure_volume(self, name: str, *, labels: dict[str, str]) -> None:

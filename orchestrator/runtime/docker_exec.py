@@ -65,9 +65,10 @@ def attached(api: docker.APIClient, exec_id: str) -> Iterator[Any]:
 
 def stream_output(
     api: docker.APIClient, exec_id: str, on_stdout_line: LineCallback, on_stderr: LineCallback,
-    *, stdin: bytes | None = None,
+    *, stdin: bytes | None = None, on_attached: Callable[[Any], None] | None = None,
 ) -> None:
     """Start the exec; stdout goes out line by line (no newline), stderr in chunks.
+    ``on_attached`` gets the attached socket (so another thread can shut it).
 
     ``stdin`` is fed by a thread of its own while the output is read, so a process that
     answers as it reads (``cat``) cannot deadlock against a full socket buffer.
@@ -76,6 +77,8 @@ def stream_output(
     err_decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     pending = ""
     with attached(api, exec_id) as sock:
+        if on_attached is not None:
+            on_attached(sock)
         if stdin is not None:
             threading.Thread(target=_feed, args=(sock, stdin), daemon=True,
                              name=f"exec-stdin-{exec_id[:8]}").start()

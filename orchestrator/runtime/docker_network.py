@@ -52,9 +52,9 @@ def missing_options(attrs: dict[str, Any], options: Mapping[str, str]) -> dict[s
 def network_info(attrs: dict[str, Any]) -> NetworkInfo:
     configs = (attrs.get("IPAM") or {}).get("Config") or [{}]
     gateway = next((c["Gateway"] for c in configs if c.get("Gateway")), "")
-    return NetworkInfo(
-        name=str(attrs["Name"]), gateway_ip=str(gateway), internal=bool(attrs.get("Internal"))
-    )
+    subnet = next((c["Subnet"] for c in configs if "." in c.get("Subnet", "")), "")
+    return NetworkInfo(name=str(attrs["Name"]), gateway_ip=str(gateway),
+                       internal=bool(attrs.get("Internal")), subnet=str(subnet))
 
 
 def _inspect(api: APIClient, name: str) -> dict[str, Any]:

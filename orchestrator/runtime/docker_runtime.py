@@ -18,7 +18,7 @@ import io
 import logging
 import tarfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from typing import Any
 
@@ -27,7 +27,7 @@ import requests
 from docker.errors import DockerException
 
 from orchestrator.errors import ContainerFailed, SandboxError
-from orchestrator.runtime import docker_exec, docker_network
+from orchestrator.runtime import docker_exec, docker_network, gvisor
 from orchestrator.runtime.base import (
     MANAGED_LABEL,
     ContainerSpec,
@@ -39,6 +39,7 @@ from orchestrator.runtime.base import (
 )
 from orchestrator.runtime.docker_calls import Gone, call, translate
 from orchestrator.runtime.engine import connect
+from orchestrator.runtime.exec_streams import StreamRegistry
 from orchestrator.runtime.mounts import engine_mounts
 from orchestrator.runtime.volumes import VolumeKeeper
 
@@ -50,6 +51,8 @@ _WRITE_SCRIPT = (
     'set -e; umask 077; cd "$1"; m="$2"; shift 2; rm -f -- "$@"; tar -xf -; chmod "$m" -- "$@"'
 )
 """``sh -c`` script: unpack a tar from stdin into $1, then set mode $2 on the names after."""
+_UNKNOWN_RUNTIME = "unknown runtime specified"
+"""What the engine answers (400) to a container asking for a runtime it does not know."""
 _OOM_COUNTERS = ("/sys/fs/cgroup/memory/memory.oom_control", "/sys/fs/cgroup/memory.events")
 
 
@@ -64,6 +67,7 @@ class DockerRuntime:
         self._client = client if client is not None else connect()
         self._api = self._client.api
         self._volumes = VolumeKeeper(self._api)
+        self._streams = StreamRegistry()
 
     # -- networks and volumes --------------------------------------------------------
 
@@ -75,6 +79,22 @@ class DockerRuntime:
     def remove_network(self, name: str) -> None:
         with contextlib.suppress(Gone):
             call("remove network", partial(self._api.remove_network, name))
+
+    def connect_network(self, container_id: str, network: str, *,
+                        aliases: Sequence[str] = ()) -> str:
+        state = self.inspect(container_id)
+        if state is None:
+            raise ContainerFailed(f"container {container_id[:12]} is gone", container=container_id)
+        if network not in state.addresses:
+            call("connect network", partial(self._api.connect_container_to_network,
+                                            container_id, network, aliases=list(aliases) or None),
+                 container=container_id)
+            state = self.inspect(container_id)
+        address = state.addresses.get(network, "") if state is not None else ""
+        if not address:
+            raise ContainerFailed(f"container {container_id[:12]} has no IPv4 address on "
+                                  f"{network}", container=container_id, network=network)
+        return address
 
     def ensure_volume(self, name: str, *, labels: dict[str, str]) -> None:
         # Creating a volume that exists returns it unchanged.
@@ -123,6 +143,7 @@ class DockerRuntime:
             memswap_limit=spec.memory_bytes,  # equal to the memory limit: no swap
             pids_limit=spec.pids_limit,
             network_mode=spec.network,
+            runtime=spec.runtime,
         )
         try:
             create = partial(
@@ -139,7 +160,11 @@ class DockerRuntime:
                 tty=False,
             )
             created = call("create container", create, image=spec.image)
-        except Gone as exc:
+        except ContainerFailed as exc:
+            if _UNKNOWN_RUNTIME in exc.message.lower():
+                raise gvisor.not_registered(spec.runtime, spec.name) from exc
+            if not isinstance(exc, Gone):
+                raise
             raise ContainerFailed(
                 f"cannot create container {spec.name}: {exc.message}", container=spec.name
             ) from exc
@@ -167,10 +192,16 @@ class DockerRuntime:
             # 409 "is not running": already dead is what we wanted.
             if exc.data.get("status") != 409:
                 raise
+        finally:
+            self._streams.abort(container_id)
 
     def remove(self, container_id: str) -> None:
-        with contextlib.suppress(Gone):
-            call("remove", partial(self._api.remove_container, container_id, force=True, v=True))
+        try:
+            with contextlib.suppress(Gone):
+                call("remove", partial(self._api.remove_container, container_id, force=True,
+                                       v=True))
+        finally:
+            self._streams.abort(container_id)
 
     def inspect(self, container_id: str) -> ContainerState | None:
         try:
@@ -244,12 +275,15 @@ class DockerRuntime:
             argv = ["/bin/sh", "-c", _STDIN_WRAPPER, stdin_file or "/dev/null", *argv]
         exec_id = self._exec_create(container_id, list(argv), env=env, user=user,
                                     workdir=workdir, stdin=stdin_data is not None)
-        try:
-            docker_exec.stream_output(self._api, exec_id, on_stdout_line, on_stderr,
-                                      stdin=stdin_data)
-        except (DockerException, requests.RequestException, OSError) as exc:
-            raise translate(exc, "stream exec output", container=container_id) from exc
-        exit_code = docker_exec.exit_code(self._api, exec_id)
+        with self._streams.track(container_id, self._death_watch(container_id)) as stream:
+            try:
+                docker_exec.stream_output(self._api, exec_id, on_stdout_line, on_stderr,
+                                          stdin=stdin_data, on_attached=stream.attach)
+            except (DockerException, requests.RequestException, OSError) as exc:
+                if not stream.aborted:
+                    raise translate(exc, "stream exec output", container=container_id) from exc
+        # An aborted stream's exec may never be reported ended (gVisor): do not wait for it.
+        exit_code = None if stream.aborted else docker_exec.exit_code(self._api, exec_id)
         oom = exit_code in (None, 137) and self.was_oom_killed(container_id, since=started)
         return ExecResult(exit_code=exit_code, oom_killed=oom)
 
@@ -312,6 +346,24 @@ class DockerRuntime:
             raise translate(exc, f"run {argv[0]}", container=container_id) from exc
         return docker_exec.exit_code(self._api, exec_id), out, err
 
+    def _death_watch(self, container_id: str) -> Callable[[], bool] | None:
+        """For a gVisor container, whether it still runs (see :mod:`.exec_streams`)."""
+        try:
+            attrs = call("inspect container", partial(self._api.inspect_container, container_id))
+        except Gone:
+            return None
+        if (attrs.get("HostConfig") or {}).get("Runtime") != gvisor.RUNSC:
+            return None
+
+        def alive() -> bool:
+            try:
+                state = self.inspect(container_id)
+            except SandboxError:  # the engine did not answer this time: ask again later
+                return True
+            return state is not None and state.running
+
+        return alive
+
     def _oom_event_since(self, container_id: str, since: float | None) -> bool:
         # Fractional timestamps are fine for the engine; an `until` in the future would
         # make it wait for that moment.
@@ -360,6 +412,8 @@ def _state(attrs: dict[str, Any]) -> ContainerState:
         oom_killed=bool(state.get("OOMKilled")),
         labels=dict((attrs.get("Config") or {}).get("Labels") or {}),
         name=str(attrs.get("Name", "")).lstrip("/"),
+        addresses={str(name): str(net.get("IPAddress") or "") for name, net in
+                   ((attrs.get("NetworkSettings") or {}).get("Networks") or {}).items()},
     )
 
 

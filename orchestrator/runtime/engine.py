@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Any
 
 import docker
 from docker.errors import DockerException
@@ -39,6 +40,15 @@ def security_options() -> list[str]:
     except DockerException as exc:
         raise DockerUnavailable(f"Docker engine did not answer `info` ({_short(exc)})") from exc
     return [str(option) for option in info.get("SecurityOptions") or []]
+
+
+def engine_runtimes() -> dict[str, Any]:
+    """The runtimes the engine knows (``docker info`` → ``Runtimes``): name → its settings."""
+    try:
+        info = connect().info()
+    except DockerException as exc:
+        raise DockerUnavailable(f"Docker engine did not answer `info` ({_short(exc)})") from exc
+    return dict(info.get("Runtimes") or {})
 
 
 def _short(exc: Exception) -> str:

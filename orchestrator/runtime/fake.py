@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from orchestrator.errors import ContainerFailed, DockerUnavailable, ImageMissing, SandboxError
+from orchestrator.runtime import gvisor
 from orchestrator.runtime.base import (
     MANAGED_LABEL,
     ContainerSpec,
@@ -48,6 +49,7 @@ class _Container:
     status: str = "running"
     exit_code: int | None = None
     files: dict[str, FakeFile] = field(default_factory=dict)
+    addresses: dict[str, str] = field(default_factory=dict)
     oom_times: list[float] = field(default_factory=list)
     log: list[str] = field(default_factory=list)
 
@@ -123,6 +125,7 @@ class FakeRuntime:
     def __init__(self, *, images: set[str] | None = None, default: Behaviour = echo) -> None:
         self.images = images  # None: every image exists
         self.available = True  # False: behave like an engine that is down
+        self.runtimes = {"runc"}  # the OCI runtimes registered with this engine
         self.default = default
         self.calls: list[tuple[str, tuple[Any, ...]]] = []
         self.fail_next: dict[str, SandboxError] = {}  # method name -> error, raised once
@@ -133,6 +136,7 @@ class FakeRuntime:
         self._containers: dict[str, _Container] = {}
         self._running: dict[str, set[FakeExec]] = {}
         self.networks: dict[str, NetworkInfo] = {}
+        self._address_seq = 0
         self.network_options: dict[str, dict[str, str]] = {}
         self.volumes: dict[str, dict[str, str]] = {}
         self.volume_owners: dict[str, tuple[int, int]] = {}  # set by prepare_volume
@@ -173,7 +177,8 @@ class FakeRuntime:
             self.network_options[name] = dict(options or {})
             info = self.networks.get(name)
             if info is None:
-                info = NetworkInfo(name, f"172.30.{len(self.networks) % 250}.1", internal)
+                prefix = f"172.30.{len(self.networks) % 250}"
+                info = NetworkInfo(name, f"{prefix}.1", internal, subnet=f"{prefix}.0/24")
                 self.networks[name] = info
             if info.internal != internal:
                 raise SandboxError(f"network {name} exists with internal={info.internal}")
@@ -231,10 +236,31 @@ class FakeRuntime:
                 raise ContainerFailed(f"name {spec.name} is already in use", status=409)
             if spec.network not in _BUILTIN_NETWORKS and spec.network not in self.networks:
                 raise ContainerFailed(f"network {spec.network} not found", status=404)
+            if spec.runtime not in self.runtimes:
+                raise gvisor.not_registered(spec.runtime, spec.name)
             container_id = uuid.uuid4().hex + uuid.uuid4().hex
             labels = {**spec.labels, MANAGED_LABEL: "1"}
-            self._containers[container_id] = _Container(container_id, spec, labels)
+            box = _Container(container_id, spec, labels)
+            box.addresses[spec.network] = self._next_address(spec.network)
+            self._containers[container_id] = box
             return container_id
+
+    def _next_address(self, network: str) -> str:
+        info = self.networks.get(network)
+        prefix = info.gateway_ip.rsplit(".", 1)[0] if info else "172.31.0"
+        self._address_seq += 1
+        return f"{prefix}.{1 + self._address_seq % 250}"
+
+    def connect_network(self, container_id: str, network: str, *,
+                        aliases: Sequence[str] = ()) -> str:
+        self._enter("connect_network", container_id, network)
+        with self._lock:
+            box = self._get(container_id)
+            if network not in self.networks:
+                raise ContainerFailed(f"network {network} not found", status=404)
+            if network not in box.addresses:
+                box.addresses[network] = self._next_address(network)
+            return box.addresses[network]
 
     def kill(self, container_id: str) -> None:
         self._enter("kill", container_id)
@@ -400,4 +426,5 @@ class FakeRuntime:
             oom_killed=False,  # like the engine: an exec'd process's OOM is not PID 1's
             labels=dict(box.labels),
             name=box.spec.name,
+            addresses=dict(box.addresses),
         )

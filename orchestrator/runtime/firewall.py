@@ -261,31 +261,75 @@ def ensure_relay_path(relay_ip: str, *, runner: Runner | None = None) -> None:
     a chain jumped to first from Docker's ``DOCKER-USER`` for traffic within the bridge,
     replaced in one transaction like the ``INPUT`` chain. One relay per engine: the chain
     names only the latest address."""
+    _ensure_chain("DOCKER-USER", FORWARD_JUMP, forward_rules(relay_ip), runner=runner,
+                  what=f"the path to the relay at {relay_ip}")
+
+
+PROXY_CHAIN = "AD-SANDBOX-PROXY"
+PROXY_JUMP = ["-i", BRIDGE, "-o", BRIDGE, "-j", PROXY_CHAIN]
+EGRESS_BRIDGE = "ads-egress0"
+"""The egress network's bridge interface (the proxy's way out), pinned by its options."""
+EGRESS_CHAIN = "AD-SANDBOX-EGRESS"
+EGRESS_JUMP = ["-i", EGRESS_BRIDGE, "-j", EGRESS_CHAIN]
+
+
+def proxy_rules(proxy_ip: str, port: int) -> list[list[str]]:
+    """Agents to the egress proxy: its port only, past the no-inter-container drop."""
+    return [["-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "ACCEPT"],
+            ["-d", f"{proxy_ip}/32", "-p", "tcp", "-m", "tcp", "--dport", str(port),
+             "-j", "ACCEPT"]]
+
+
+def egress_input_rules() -> list[list[str]]:
+    """From the egress bridge to the host itself: answers only. The proxy reaches the world
+    through it, never a service of the host (any host address is local delivery)."""
+    return [["-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "ACCEPT"],
+            ["-j", "REJECT", "--reject-with", "icmp-port-unreachable"]]
+
+
+def ensure_proxy_paths(proxy_ip: str, port: int, *, runner: Runner | None = None) -> None:
+    """The agents' path to the proxy at ``proxy_ip`` (one proxy per engine: the chain names
+    only the latest address) and the egress bridge closed to the host."""
+    _ensure_chain("DOCKER-USER", PROXY_JUMP, proxy_rules(proxy_ip, port), runner=runner,
+                  what=f"the path to the egress proxy at {proxy_ip}")
+    _ensure_chain("INPUT", EGRESS_JUMP, egress_input_rules(), runner=runner,
+                  what="the egress bridge's rules")
+
+
+def _ensure_chain(parent: str, jump: list[str], rules: list[list[str]], *,
+                  runner: Runner | None, what: str) -> None:
+    """A chain holding exactly ``rules``, jumped to first (once) from ``parent`` by
+    ``jump``; replaced in one ``iptables-restore`` transaction when it differs."""
     fw = HostFirewall("iptables", **_through(runner))
+    chain = jump[-1]
     problem = fw.available()
     if problem is not None:
-        raise FirewallError(f"cannot open the path to the relay: {problem}", tool=fw.tool)
-    have = fw._cmd("-S", FORWARD_CHAIN)
-    wanted = [" ".join(rule) for rule in forward_rules(relay_ip)]
-    listed = fw._cmd("-S", "DOCKER-USER")
-    if listed.code != 0:
-        raise FirewallError(f"iptables -S DOCKER-USER failed: {listed.stderr.strip()}",
-                            hint="Is the Docker engine's firewall setup (iptables: true) on?")
-    jumps = _rules_of(listed.stdout, "DOCKER-USER")
-    jump = " ".join(FORWARD_JUMP)
-    if (have.code == 0 and _rules_of(have.stdout, FORWARD_CHAIN) == wanted
-            and jumps[:1] == [jump] and jumps.count(jump) == 1):
-        return
-    lines = ["*filter", f":{FORWARD_CHAIN} - [0:0]"]
-    lines += [" ".join(["-A", FORWARD_CHAIN, *rule]) for rule in forward_rules(relay_ip)]
-    lines += [" ".join(["-D", "DOCKER-USER", *FORWARD_JUMP])] * jumps.count(jump)
-    lines += [" ".join(["-I", "DOCKER-USER", "1", *FORWARD_JUMP]), "COMMIT", ""]
-    restore = fw._paths["iptables-restore"] or "iptables-restore"
-    done = fw._run([restore, "-w", "--noflush"], "\n".join(lines))
+        raise FirewallError(f"cannot install {what}: {problem}", hint=OPT_OUT_HINT, tool=fw.tool)
+    with _locked():
+        have = fw._cmd("-S", chain)
+        wanted = [" ".join(rule) for rule in rules]
+        listed = fw._cmd("-S", parent)
+        if listed.code != 0:
+            raise FirewallError(f"iptables -S {parent} failed: {listed.stderr.strip()}",
+                                hint="Is the Docker engine's firewall setup (iptables: true) on?")
+        jumps = _rules_of(listed.stdout, parent)
+        joined = " ".join(jump)
+        # Anywhere before Docker's closing RETURN: other chains of ours jump first too.
+        ends = [i for i, rule in enumerate(jumps) if rule == "-j RETURN"]
+        placed = joined in jumps and jumps.index(joined) < (ends[0] if ends else len(jumps))
+        if (have.code == 0 and _rules_of(have.stdout, chain) == wanted and placed
+                and jumps.count(joined) == 1):
+            return
+        lines = ["*filter", f":{chain} - [0:0]"]
+        lines += [" ".join(["-A", chain, *rule]) for rule in rules]
+        lines += [" ".join(["-D", parent, *jump])] * jumps.count(joined)
+        lines += [" ".join(["-I", parent, "1", *jump]), "COMMIT", ""]
+        restore = fw._paths["iptables-restore"] or "iptables-restore"
+        done = fw._run([restore, "-w", "--noflush"], "\n".join(lines))
     if done.code != 0:
-        raise FirewallError(f"iptables-restore refused the relay path: {done.stderr.strip()}",
+        raise FirewallError(f"iptables-restore refused {what}: {done.stderr.strip()}",
                             tool=fw.tool)
-    log.info("host firewall: agents may reach the relay at %s", relay_ip)
+    log.info("host firewall: %s in place", what)
 
 
 def _through(runner: Runner | None) -> dict[str, Any]:

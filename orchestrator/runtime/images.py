@@ -217,12 +217,24 @@ def _build_base_offline(images: Path, force: bool, progress: Progress) -> list[s
     if not force and is_up_to_date(image_status(BASE_REF), wanted):
         progress(f"{BASE_REF} up to date")
         return []
+    mmdebstrap_import(
+        BASE_REF,
+        images / "base",
+        ["ENV LANG=C.UTF-8", 'CMD ["/bin/bash"]', f"LABEL {LABEL_HASH}={wanted}"],
+        progress,
+    )
+    return [BASE_REF]
+
+
+def mmdebstrap_import(ref: str, definition: Path, changes: list[str], progress: Progress) -> None:
+    """Make a Debian minbase root filesystem with the packages of ``definition/packages.txt``
+    (dpkg excludes from ``definition/dpkg-excludes.cfg``) and import it as ``ref``."""
     if shutil.which("mmdebstrap") is None:
         raise SandboxError(
-            "mmdebstrap is not installed (needed for --offline-base)",
+            f"mmdebstrap is not installed (needed to build {ref} without a registry)",
             hint="Install it (`apt-get install -y mmdebstrap`, or run scripts/bootstrap.sh).",
         )
-    packages = [p for p in (images / "base" / "packages.txt").read_text().split() if p]
+    packages = [p for p in (definition / "packages.txt").read_text().split() if p]
     work = paths.state_dir() / "stage"
     work.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=work) as tmp:
@@ -233,23 +245,20 @@ def _build_base_offline(images: Path, force: bool, progress: Progress) -> list[s
             "--variant=minbase",
             "--include=" + ",".join(packages),
             '--aptopt=APT::Install-Recommends "false"',
-            f"--dpkgopt={images / 'base' / 'dpkg-excludes.cfg'}",
+            f"--dpkgopt={definition / 'dpkg-excludes.cfg'}",
             SUITE,
             str(rootfs),
         ]
-        progress(f"building {BASE_REF} offline: mmdebstrap {SUITE} ({', '.join(packages)})")
+        progress(f"building {ref} offline: mmdebstrap {SUITE} ({', '.join(packages)})")
         run_streaming(argv, progress)
-        progress(f"importing {BASE_REF}")
+        progress(f"importing {ref}")
+        repository, tag = ref.rsplit(":", 1)
         try:
             connect().api.import_image_from_file(
-                str(rootfs),
-                repository=BASE_REF.split(":")[0],
-                tag=BASE_REF.split(":")[1],
-                changes=["ENV LANG=C.UTF-8", 'CMD ["/bin/bash"]', f"LABEL {LABEL_HASH}={wanted}"],
+                str(rootfs), repository=repository, tag=tag, changes=changes
             )
         except DockerException as exc:
-            raise SandboxError(f"docker import of {BASE_REF} failed: {exc}") from exc
-    return [BASE_REF]
+            raise SandboxError(f"docker import of {ref} failed: {exc}") from exc
 
 
 def _build_agent(

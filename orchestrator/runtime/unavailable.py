@@ -21,4 +21,4 @@ class UnavailableRuntime:
     ensure_network = ensure_volume = remove_volume = remove_network = prune_volumes = _raise
     create = write_files = exec = kill = remove = inspect = _raise
     list_managed = logs = was_oom_killed = _raise
-    prepare_volume = list_volumes = _raise
+    prepare_volume = list_volumes = connect_network = _raise

@@ -20,6 +20,7 @@ TINY_IMAGE = images.ImageStatus(
     claude_version="2.1.332",
     labels={},
 )
+RUNSC = {"runsc": {"path": "/usr/bin/runsc", "runtimeArgs": ["--network=host"]}}
 
 
 @pytest.fixture
@@ -42,6 +43,7 @@ def engine_up(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     monkeypatch.setattr(engine, "connect", lambda: object())
     monkeypatch.setattr(engine, "engine_version", lambda: "20.10.24")
     monkeypatch.setattr(engine, "security_options", lambda: ["name=seccomp,profile=default"])
+    monkeypatch.setattr(engine, "engine_runtimes", lambda: {"runc": {"path": "runc"}, **RUNSC})
     monkeypatch.setattr(images, "image_status", lambda ref: known.get(ref))
     monkeypatch.setattr(firewall, "firewall_status",
                         lambda: firewall.FirewallStatus(True, "AD-SANDBOX-INPUT on ads-agents0"))
@@ -74,7 +76,7 @@ def test_json(cfg: Path, engine_up: dict[str, Any]) -> None:
     assert [set(row) for row in data] == [{"check", "status", "detail"}] * len(data)
     assert [row["check"] for row in data] == [
         "config", "engine", "image ad-sandbox/agent:latest", "agent infra", "registration",
-        "user namespaces", "host firewall",
+        "user namespaces", "gVisor (runsc)", "host firewall",
     ]  # fmt: skip
 
 
@@ -194,3 +196,31 @@ def test_user_namespaces_recommended_when_off(
     assert result.exit_code == 0  # a warning, never a failure
     row = rows(result)["user namespaces"]
     assert row["status"] == status and words in row["detail"]
+
+
+@pytest.mark.parametrize(("runtime", "registered", "status", "code"), [
+    ("runc", True, "ok", 0),
+    ("runsc", True, "ok", 0),
+    ("runc", False, "warn", 0),
+    ("runsc", False, "fail", 4),
+])  # fmt: skip
+def test_gvisor_registration(
+    cfg: Path, engine_up: dict[str, Any], monkeypatch: pytest.MonkeyPatch,
+    runtime: str, registered: bool, status: str, code: int,
+) -> None:
+    cfg.write_text(cfg.read_text() + f"    sandbox: {{runtime: {runtime}}}\n")
+    runtimes = {"runc": {"path": "runc"}, **(RUNSC if registered else {})}
+    monkeypatch.setattr(engine, "engine_runtimes", lambda: runtimes)
+    result = doctor("--json")
+    assert result.exit_code == code, result.output
+    row = rows(result)["gVisor (runsc)"]
+    assert row["status"] == status, row
+    if registered:
+        assert "/usr/bin/runsc" in row["detail"]
+        assert ("used by infra" in row["detail"]) == (runtime == "runsc")
+    else:  # how to register it, with the daemon.json entry to merge
+        assert '"runsc": {"path": "/usr/bin/runsc", "runtimeArgs": ["--network=host"]}' \
+            in row["detail"] and "kill -HUP" in row["detail"]
+    if status == "fail":
+        assert "runs of infra (sandbox.runtime: runsc) fail" in row["detail"]
+        assert doctor().stderr.startswith("error: gVisor (runsc): not registered")

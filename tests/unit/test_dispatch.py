@@ -382,21 +382,6 @@ async def test_cancel_while_queued_is_a_cancel(env: Path, project: Path,
     assert len(execs(runtime)) == 1
 
 
-@pytest.mark.parametrize("fields", [
-    {"network": {"egress": "open"}},
-    {"allow_hosts": ["example.org"]},
-])
-async def test_settings_not_provided_yet_are_refused_not_ignored(
-    env: Path, project: Path, runtime: FakeRuntime, fields: dict[str, Any]
-) -> None:
-    write_config(env, project, agent=fields)
-    async with open_dispatcher(runtime=runtime, gateway_host="127.0.0.1",
-                               image_id=lambda ref: "x") as service:
-        with pytest.raises(UsageError, match="does not provide yet"):
-            await service.dispatch(RunRequest(agent="proj", task="x"))
-    assert execs(runtime) == []
-
-
 async def test_a_stopping_server_leaves_its_runs_to_the_next_one(
     env: Path, runtime: FakeRuntime
 ) -> None:
