@@ -284,7 +284,9 @@ class DockerRuntime:
                     raise translate(exc, "stream exec output", container=container_id) from exc
         # An aborted stream's exec may never be reported ended (gVisor): do not wait for it.
         exit_code = None if stream.aborted else docker_exec.exit_code(self._api, exec_id)
-        oom = exit_code in (None, 137) and self.was_oom_killed(container_id, since=started)
+        # Killed by a signal (137 under runc; 128 or no code when gVisor's sandbox died).
+        signalled = exit_code is None or exit_code >= 128
+        oom = signalled and self.was_oom_killed(container_id, since=started)
         return ExecResult(exit_code=exit_code, oom_killed=oom)
 
     def was_oom_killed(self, container_id: str, *, since: float | None = None,
