@@ -48,6 +48,8 @@ PROXY_UID = 13
 STATE_DIR = "/run/ad-sandbox"
 DENY_ENV = "AD_SANDBOX_PROXY_DENY"
 POLICY_DIR = f"{STATE_DIR}/policy"
+OWNER_DIR = f"{STATE_DIR}/owner"
+"""Which run container each policy was written for (its id), to find stale ones."""
 DECISIONS_DIR = f"{STATE_DIR}/decisions"
 LABEL_ROLE = "ad-sandbox.role"
 ROLE = "egress-proxy"
@@ -57,6 +59,7 @@ MAX_HOSTS = 500
 """Distinct host names kept per verdict; the rest are counted under ``(other)``."""
 _HOST = re.compile(r"[a-z0-9._:\[\]-]{1,253}")
 _ADDRESS = re.compile(r"\d{1,3}(\.\d{1,3}){3}")
+_CONTAINER_ID = re.compile(r"[0-9a-f]{12,64}")
 
 _READY_PROBE = (
     f"i=0; while [ $i -lt {int(READY_DEADLINE_S * 10)} ]; do "
@@ -65,15 +68,28 @@ _READY_PROBE = (
 """``sh -c``: wait until the entry point says squid is ready (it has then served a warm-up
 CONNECT through its SNI port: before that squid 5 fails the first tunnel)."""
 _OPEN_SCRIPT = (
-    f'set -e; umask 022; mkdir -p {POLICY_DIR} {DECISIONS_DIR}; rm -f {DECISIONS_DIR}/"$1"; '
+    f'set -e; umask 022; mkdir -p {POLICY_DIR} {DECISIONS_DIR} {OWNER_DIR}; '
+    f'rm -f {DECISIONS_DIR}/"$1"; printf %s "$2" > {OWNER_DIR}/"$1"; '
     f'cat > {POLICY_DIR}/"$1".new; mv -f {POLICY_DIR}/"$1".new {POLICY_DIR}/"$1"'
 )
-"""``sh -c``: the policy on stdin becomes client $1's (atomically); old decisions go."""
+"""``sh -c``: the policy on stdin becomes client $1's (atomically), container $2 its owner;
+old decisions go."""
 _CLOSE_SCRIPT = (
-    f'rm -f {POLICY_DIR}/"$1"; f={DECISIONS_DIR}/"$1"; [ -f "$f" ] || exit 0; '
+    f'rm -f {POLICY_DIR}/"$1" {OWNER_DIR}/"$1"; f={DECISIONS_DIR}/"$1"; [ -f "$f" ] || exit 0; '
     f'mv -f "$f" "$f.$$" && head -c {MAX_DECISION_BYTES} "$f.$$"; rm -f "$f.$$"'
 )
 """``sh -c``: client $1 loses its policy; its decisions are printed (capped) and removed."""
+_LIST_SCRIPT = (
+    f'mkdir -p {OWNER_DIR}; cd {OWNER_DIR}; for f in *; do [ -f "$f" ] || continue; '
+    'printf "%s %s\\n" "$f" "$(head -c 80 "$f")"; done'
+)
+"""``sh -c``: one ``<client> <owner container>`` line per policy."""
+_DROP_SCRIPT = (
+    'while [ $# -ge 2 ]; do '
+    f'[ "$(head -c 80 {OWNER_DIR}/"$1" 2>/dev/null)" = "$2" ] && '
+    f'rm -f {POLICY_DIR}/"$1" {OWNER_DIR}/"$1" {DECISIONS_DIR}/"$1"; shift 2; done; exit 0'
+)
+"""``sh -c``: for each (client, owner) pair, the policy goes if that owner still holds it."""
 
 
 @dataclass(frozen=True)
@@ -164,7 +180,25 @@ class EgressProxy:
         with self._lock:
             proxy = self._find() or self._start(agents)
             self._guard(proxy.address)
+            self._prune(proxy, agents.name)
             return proxy
+
+    def _prune(self, proxy: Proxy, network: str) -> None:
+        """Policies whose container no longer holds their address go: a run that ended
+        without removing its own (its process was killed) must not lend it to the next
+        container the engine gives that address."""
+        entries: list[str] = []
+        self._exec(proxy, _LIST_SCRIPT, out=entries.append)
+        live = {state.addresses.get(network): state.id
+                for state in self.runtime.list_managed() if state.running}
+        stale = []
+        for entry in entries:
+            client, _, owner = entry.partition(" ")
+            if _ADDRESS.fullmatch(client) and live.get(client) != owner:
+                stale += [client, owner or "-"]
+        if stale:
+            log.info("egress proxy: dropping %d stale polic(ies)", len(stale) // 2)
+            self._exec(proxy, _DROP_SCRIPT, *stale)
 
     def _find(self) -> Proxy | None:
         for state in self.runtime.list_managed({LABEL_ROLE: ROLE}):
@@ -228,10 +262,13 @@ class EgressProxy:
             return False
         return result.exit_code == 0
 
-    def open(self, proxy: Proxy, client: str, agent: Agent) -> None:
-        """Client ``client`` (a run container's address) gets ``agent``'s policy."""
+    def open(self, proxy: Proxy, client: str, agent: Agent, owner: str) -> None:
+        """Client ``client`` (the address of run container ``owner``) gets ``agent``'s
+        policy."""
         _check_address(client)
-        self._exec(proxy, _OPEN_SCRIPT, client, stdin=policy_text(agent).encode())
+        if not _CONTAINER_ID.fullmatch(owner):
+            raise SandboxError(f"not a container id: {owner!r}")
+        self._exec(proxy, _OPEN_SCRIPT, client, owner, stdin=policy_text(agent).encode())
 
     def close(self, proxy: Proxy, client: str, mode: str) -> EgressLog:
         """Client ``client`` loses its policy; what the proxy decided for it."""
@@ -240,16 +277,16 @@ class EgressProxy:
         self._exec(proxy, _CLOSE_SCRIPT, client, out=lines.append)
         return parse_decisions("\n".join(lines), mode)
 
-    def _exec(self, proxy: Proxy, script: str, client: str, *, stdin: bytes | None = None,
+    def _exec(self, proxy: Proxy, script: str, *args: str, stdin: bytes | None = None,
               out: _Line | None = None) -> None:
         errors: list[str] = []
         result = self.runtime.exec(
-            proxy.container_id, ["sh", "-c", script, "sh", client], env={},
+            proxy.container_id, ["sh", "-c", script, "sh", *args], env={},
             user=f"{PROXY_UID}:{PROXY_UID}", workdir="/", stdin_file=None,
             on_stdout_line=out or _ignore, on_stderr=errors.append, stdin_data=stdin)
         if result.exit_code != 0:
             raise SandboxError(
-                f"the egress proxy could not update the policy of {client}: "
+                f"the egress proxy could not update its policies ({' '.join(args[:1])}): "
                 f"{''.join(errors).strip() or f'exit {result.exit_code}'}",
                 hint=f"Check the proxy (`docker logs {PROXY_NAME}`); the next run replaces it "
                 "if it is broken.", container=proxy.container_id)

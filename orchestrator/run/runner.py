@@ -180,7 +180,7 @@ def _open_egress(env: RunEnv, agent: Agent, container_id: str) -> tuple[Proxy, s
     if not client:
         raise SandboxError(f"container {container_id[:12]} has no address on "
                            f"{env.pool.network}", container=container_id)
-    env.egress.open(proxy, client, agent)
+    env.egress.open(proxy, client, agent, container_id)
     return proxy, client
 
 

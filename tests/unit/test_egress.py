@@ -22,7 +22,7 @@ from orchestrator.run.egress import (
     proxy_env,
 )
 from orchestrator.run.sandbox import AGENTS_NETWORK, MANAGED
-from orchestrator.runtime.base import NetworkInfo
+from orchestrator.runtime.base import ContainerSpec, NetworkInfo
 from orchestrator.runtime.fake import FakeExec, FakeRuntime
 from orchestrator.runtime.firewall import (
     EGRESS_CHAIN,
@@ -123,21 +123,32 @@ class ProxyEngine(FakeRuntime):
     def __init__(self) -> None:
         super().__init__()
         self.files: dict[str, str] = {}
+        self.owners: dict[str, str] = {}
         self.decisions: dict[str, str] = {}
         self.ready = True
         self.on_command("sh", self._script)
         self.ensure_network(AGENTS_NETWORK, internal=True, labels=MANAGED)
 
     def _script(self, proc: FakeExec) -> int:
-        client = proc.argv[-1]
-        if "squid/ready" in proc.argv[2]:
+        script, args = proc.argv[2], proc.argv[4:]
+        if "squid/ready" in script:
             return 0 if self.ready else 1
-        if "cat >" in proc.argv[2]:
-            self.files[client] = proc.stdin.decode()
-        else:
-            self.files.pop(client, None)
-            for line in self.decisions.pop(client, "").splitlines():
+        if script == egress._OPEN_SCRIPT:
+            self.files[args[0]] = proc.stdin.decode()
+            self.owners[args[0]] = args[1]
+        elif script == egress._CLOSE_SCRIPT:
+            self.files.pop(args[0], None)
+            self.owners.pop(args[0], None)
+            for line in self.decisions.pop(args[0], "").splitlines():
                 proc.out(line)
+        elif script == egress._LIST_SCRIPT:
+            for client, owner in self.owners.items():
+                proc.out(f"{client} {owner}")
+        elif script == egress._DROP_SCRIPT:
+            for client, owner in zip(args[::2], args[1::2], strict=True):
+                if self.owners.get(client) == owner:
+                    self.files.pop(client)
+                    self.owners.pop(client)
         return 0
 
 
@@ -186,7 +197,7 @@ def test_a_policy_is_written_per_client_and_its_decisions_read_back() -> None:
     keep = keeper(engine, guarded)
     proxy = keep.ensure(AGENTS)
     allow = agent(network={"egress": "allowlist"}, allow_hosts=["pypi.org"])
-    keep.open(proxy, "172.19.0.5", allow)
+    keep.open(proxy, "172.19.0.5", allow, "c0ffee" * 4)
     assert engine.files == {"172.19.0.5": "allowlist\npypi.org\n"}
     engine.decisions["172.19.0.5"] = "1.0 allow pypi.org connect\n1.1 deny x.org http"
     log = keep.close(proxy, "172.19.0.5", "allowlist")
@@ -200,7 +211,23 @@ def test_a_client_that_is_not_an_address_is_refused(client: str) -> None:
     keep = keeper(engine, guarded)
     proxy = keep.ensure(AGENTS)
     with pytest.raises(SandboxError, match="not an IPv4 address"):
-        keep.open(proxy, client, agent(network={"egress": "learn"}))
+        keep.open(proxy, client, agent(network={"egress": "learn"}), "c0ffee" * 4)
+
+
+def test_a_policy_left_by_a_dead_run_is_dropped_before_its_address_is_lent_again() -> None:
+    engine, guarded = ProxyEngine(), []
+    keep = keeper(engine, guarded)
+    proxy = keep.ensure(AGENTS)
+    spec = ContainerSpec(name="run", image="agent", user="1000:1000", workdir="/", env={},
+                         labels={}, mounts=(), tmpfs={}, network=AGENTS_NETWORK, cpus=1,
+                         memory_bytes=1 << 30, pids_limit=64)
+    running = engine.create(spec)
+    live_address = engine.inspect(running).addresses[AGENTS_NETWORK]  # type: ignore[union-attr]
+    learn = agent(network={"egress": "learn"})
+    keep.open(proxy, live_address, learn, running)
+    keep.open(proxy, "172.19.0.77", learn, "dead" * 8)  # its process was killed mid-run
+    keep.ensure(AGENTS)
+    assert set(engine.files) == {live_address}
 
 
 # ---- the host firewall's part ------------------------------------------------------------
