@@ -31,13 +31,54 @@ M = TypeVar("M", bound=BaseModel)
 CANCEL_GRACE_S = 10.0
 """How long a cancelled tool may spend telling the service to kill its runs."""
 MANAGEMENT_TOOLS = ("add_agent", "update_agent", "remove_agent")
+SERVICE_OPEN_S = 120.0
+"""How long a tool call waits for the service that opens after the MCP handshake."""
 
 
-@dataclass
 class AppState:
-    """What the lifespan yields: the one service every tool call uses."""
+    """What the lifespan yields: the one service every tool call uses.
 
-    service: DispatchService
+    The service opens in the background, so the handshake is answered first; tools and
+    the tool list wait for it (:meth:`wait_open`). A service that failed to open makes every
+    tool call an error result carrying that failure.
+    """
+
+    def __init__(self) -> None:
+        self._settled = anyio.Event()
+        self._service: DispatchService | None = None
+        self.failure: AdSandboxError | None = None
+
+    def opened(self, service: DispatchService) -> None:
+        self._service = service
+        self._settled.set()
+
+    def failed(self, exc: AdSandboxError) -> None:
+        self.failure = exc
+        self._settled.set()
+
+    @property
+    def is_open(self) -> bool:
+        return self._service is not None
+
+    async def wait_open(self) -> AdSandboxError | None:
+        """Wait for the service to open; why it is not there, or None once it is."""
+        with anyio.move_on_after(SERVICE_OPEN_S):
+            await self._settled.wait()
+        if self._service is not None:
+            return None
+        return self.failure or AdSandboxError(
+            f"the dispatch service did not open within {SERVICE_OPEN_S:.0f} s",
+            hint="Is the Docker engine answering? `ad-sandbox doctor` checks; the server's "
+            "stderr log says where its start stopped.")
+
+    @property
+    def service(self) -> DispatchService:
+        if self._service is not None:
+            return self._service
+        if self.failure is not None:
+            raise self.failure
+        raise AdSandboxError("the dispatch service is not open yet",
+                             hint="This is an ad-sandbox bug: tool calls wait for it.")
 
 
 Ctx = Context[AppState, Any]

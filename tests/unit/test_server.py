@@ -57,6 +57,7 @@ async def connect(**options: Any) -> AsyncIterator[tuple[Client, Kit]]:
     """A client of a server whose lifespan opened the real service; and that service."""
     kits: list[Kit] = []
     async with Client(create_server(kit_factory(kits)), **options) as client:
+        await client.list_tools()  # waits for the service, which opens after the handshake
         yield client, kits[0]
 
 
