@@ -50,9 +50,10 @@ class Workspace:
     def agent(self, variant: str) -> str:
         return f"{self.tag}-{variant}"
 
-    def server_env(self, variant: str, *, warm: int, cache: bool,
-                   max_concurrency: int = 4) -> dict[str, str]:
-        """Environment for an `ad-sandbox serve` of one variant: its own config and state."""
+    def server_env(self, variant: str, *, warm: int, cache: bool, max_concurrency: int = 4,
+                   runtime: str = "runc") -> dict[str, str]:
+        """Environment for an `ad-sandbox serve` of one variant: its own config and state;
+        its agent runs under ``runtime`` (``runsc``: gVisor)."""
         folder = self.root / variant
         folder.mkdir(exist_ok=True)
         name = self.agent(variant)
@@ -67,7 +68,8 @@ class Workspace:
                 "default_timeout": 120,
             },
             "agents": {name: {"directory": str(self.project),
-                              "description": f"benchmark agent ({variant})"}},
+                              "description": f"benchmark agent ({variant})",
+                              "sandbox": {"runtime": runtime}}},
         }
         (folder / "agents.yaml").write_text(json.dumps(config, indent=1))
         return {**os.environ, "HOME": str(self.home),
@@ -260,8 +262,15 @@ class Engine:
         self.client = docker.from_env()
 
     def containers(self, agent: str) -> list[Any]:
+        """The agent's containers, inspected (``attrs`` has ``HostConfig.Runtime``); one
+        removed while they are listed is left out."""
         return list(self.client.containers.list(
-            all=True, filters={"label": [f"{LABEL_MANAGED}=1", f"{LABEL_AGENT}={agent}"]}))
+            all=True, filters={"label": [f"{LABEL_MANAGED}=1", f"{LABEL_AGENT}={agent}"]},
+            ignore_removed=True))
+
+    def runtimes(self) -> dict[str, Any]:
+        """The OCI runtimes the engine knows (``docker info`` → ``Runtimes``)."""
+        return dict(self.client.info().get("Runtimes") or {})
 
     def managed(self) -> list[Any]:
         """Every ad-sandbox container on the engine (other users' too)."""

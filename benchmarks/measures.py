@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -34,9 +34,17 @@ from benchmarks.harness import (
 )
 from benchmarks.peer import PYTHON, SERVER, peer_body, peer_env
 from benchmarks.report import Row, median
+from orchestrator.runtime.gvisor import RUNSC, runsc_registered
 
 TASK, ANSWER = "[[reply: ok]]", "ok"
 TIMEOUT_S, KILL_GRACE_S = 3.0, 2.0
+RUNSC_MISSING = "not measured: runsc not registered"
+
+
+def runsc_skip(runtimes: Mapping[str, Any]) -> str:
+    """Why the gVisor rows cannot be measured on an engine with these runtimes ('' if they
+    can)."""
+    return "" if runsc_registered(runtimes) else RUNSC_MISSING
 
 
 @dataclass
@@ -52,6 +60,10 @@ class Bench:
     warm: Client | None = None
     cold: Client | None = None
     cache: Client | None = None
+    warm_runsc: Client | None = None
+    cold_runsc: Client | None = None
+    runsc_skip: str = ""
+    """Why the gVisor (runsc) rows are not measured; empty when they are."""
     peers: dict[str, Client] = field(default_factory=dict)
     """agent-dispatch servers: ``shipped``, ``fixed`` (cache off) and ``cache`` (fixed, on)."""
 
@@ -133,26 +145,84 @@ def measure_start(b: Bench) -> list[Row]:
 # --- 1-3: bare, warm, cold, peer -------------------------------------------------------------
 
 
+def runtime_of(container: Any) -> str:
+    """The OCI runtime of an inspected container (the engine's default when unset)."""
+    return str(container.attrs.get("HostConfig", {}).get("Runtime") or "runc")
+
+
+async def warm_dispatch_ms(b: Bench, client: Client, agent: str, runtime: str) -> float:
+    """A warm dispatch; it must run in the container that was waiting, under ``runtime``."""
+    waiting = {c.id: runtime_of(c) for c in await anyio.to_thread.run_sync(
+        b.engine.containers, agent)}
+    elapsed, answer = await dispatch_ms(client, agent, TASK, ANSWER)
+    ran = answer.get("container_id")
+    if ran not in waiting:
+        raise BenchError(f"the warm dispatch of {agent} did not run in the warm container")
+    if waiting[ran] != runtime:
+        raise BenchError(f"the warm container of {agent} runs under {waiting[ran]}, "
+                         f"not {runtime}")
+    return elapsed
+
+
+async def watched_cold_dispatch_ms(b: Bench, client: Client, agent: str,
+                                   runtime: str) -> float:
+    """A cold dispatch while the agent's containers are polled: the one it ran in must be
+    under ``runtime``. Only for the warm-up round, as the polling costs the engine time."""
+    seen: dict[str, str] = {}
+    answer: dict[str, Any] = {}
+    elapsed = math.nan
+
+    async def run() -> None:
+        nonlocal elapsed
+        elapsed, got = await dispatch_ms(client, agent, TASK, ANSWER)
+        answer.update(got)
+        tg.cancel_scope.cancel()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(run)
+        with anyio.fail_after(DEADLINE_S):
+            while True:
+                for c in await anyio.to_thread.run_sync(b.engine.containers, agent):
+                    seen[c.id] = runtime_of(c)
+                await anyio.sleep(POLL_S)
+    ran = answer.get("container_id")
+    if seen.get(str(ran)) != runtime:
+        raise BenchError(f"the cold dispatch of {agent} ran in {ran}, seen under "
+                         f"{seen.get(str(ran), 'no runtime (never seen)')}, not {runtime}")
+    return elapsed
+
+
 async def measure_dispatch(b: Bench) -> list[Row]:
     assert b.warm is not None and b.cold is not None
     warm_agent, cold_agent = b.ws.agent("warm"), b.ws.agent("cold")
-    samples: dict[str, list[float]] = {"bare": [], "warm": [], "cold": [], "one core": [],
-                                       "peer fixed": [], "peer shipped": []}
-    refill: list[float] = []
+    variants = ["bare", "warm", "cold", "one core", "peer fixed", "peer shipped"]
+    pools: dict[str, tuple[Client, str]] = {"warm": (b.warm, warm_agent)}
+    if not b.runsc_skip:
+        assert b.warm_runsc is not None and b.cold_runsc is not None
+        variants += ["warm runsc", "cold runsc"]
+        pools["warm runsc"] = (b.warm_runsc, b.ws.agent("warm-runsc"))
+    samples: dict[str, list[float]] = {k: [] for k in variants}
+    refill: dict[str, list[float]] = {k: [] for k in pools}
     for i in range(b.rounds + 1):
-        for variant in rotate(list(samples), i):
-            # Untimed: the warm pool refilled after the last warm run, so nothing else runs.
-            refill.append(await wait_warm(b.warm, warm_agent))
+        for variant in rotate(variants, i):
+            # Untimed: the warm pools refilled after the last warm run, so nothing else runs.
+            for pool, (client, agent) in pools.items():
+                refill[pool].append(await wait_warm(client, agent))
             if variant in ("bare", "one core"):
                 elapsed = await b.host(one_core=variant == "one core")
-            elif variant == "warm":
-                waiting = {c.id for c in await anyio.to_thread.run_sync(
-                    b.engine.containers, warm_agent)}
-                elapsed, answer = await dispatch_ms(b.warm, warm_agent, TASK, ANSWER)
-                if answer.get("container_id") not in waiting:
-                    raise BenchError("the warm dispatch did not run in the warm container")
+            elif variant in pools:
+                client, agent = pools[variant]
+                elapsed = await warm_dispatch_ms(b, client, agent,
+                                                 RUNSC if variant == "warm runsc" else "runc")
             elif variant == "cold":
                 elapsed, _ = await dispatch_ms(b.cold, cold_agent, TASK, ANSWER)
+            elif variant == "cold runsc":
+                assert b.cold_runsc is not None
+                agent = b.ws.agent("cold-runsc")
+                if i == 0:
+                    elapsed = await watched_cold_dispatch_ms(b, b.cold_runsc, agent, RUNSC)
+                else:
+                    elapsed, _ = await dispatch_ms(b.cold_runsc, agent, TASK, ANSWER)
             else:
                 elapsed, _ = await peer_dispatch_ms(b, variant.split()[1], TASK, ANSWER)
             if i > 0:
@@ -174,13 +244,33 @@ async def measure_dispatch(b: Bench) -> list[Row]:
                       "default `cpus: 1` limit"])
     warm = Row("warm", "warm dispatch (MCP stdio)", samples["warm"], **bare, target=0.5,
                peer_value=peer.median, peer_target=1.0,
-               notes=[f"pool refill waited (untimed) median {median(refill) * 1000:.0f} ms",
-                      "stretch target 0.35x bare"])
+               notes=[f"pool refill waited (untimed) median "
+                      f"{median(refill['warm']) * 1000:.0f} ms", "stretch target 0.35x bare"])
     cold = Row("cold", "cold dispatch (MCP stdio)", samples["cold"], **bare, target=1.6,
                peer_value=peer.median)
-    for row in (warm, cold):
-        row.notes.append(f"{row.median / core.median:.2f}x the one-core host run")
-    return [base, warm, cold, peer, shipped, core]
+    gvisor = runsc_rows(samples, bare, warm, cold, peer, b.runsc_skip)
+    if not b.runsc_skip:
+        gvisor[0].notes.insert(0, f"pool refill waited (untimed) median "
+                                  f"{median(refill['warm runsc']) * 1000:.0f} ms")
+    for row in (warm, cold, *gvisor):
+        if not row.skipped:
+            row.notes.append(f"{row.median / core.median:.2f}x the one-core host run")
+    return [base, warm, cold, *gvisor, peer, shipped, core]
+
+
+def runsc_rows(samples: dict[str, list[float]], bare: dict[str, Any], warm: Row, cold: Row,
+               peer: Row, skip: str) -> list[Row]:
+    """Warm and cold dispatch of an agent with ``sandbox: {runtime: runsc}``, against the same
+    under runc, the bare run and the peer; rows marked ``skip`` when not measured."""
+    names = {"warm": "warm dispatch under runsc (MCP stdio)",
+             "cold": "cold dispatch under runsc (MCP stdio)"}
+    if skip:
+        return [Row(f"{k}_runsc", name, [], skipped=skip) for k, name in names.items()]
+    return [Row(f"{k}_runsc", names[k], samples[f"{k} runsc"], **bare, peer_value=peer.median,
+                runc_value=runc.median,
+                notes=["gVisor: the agent's container under runsc, otherwise as the " + k
+                       + " row (same server settings, same task)"])
+            for k, runc in (("warm", warm), ("cold", cold))]
 
 
 # --- 4: cache hit ------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ import platform
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from contextlib import AsyncExitStack
@@ -32,10 +33,12 @@ from benchmarks.measures import (
     measure_dispatch,
     measure_start,
     measure_timeout,
+    runsc_skip,
 )
 from benchmarks.peer import PEER, ensure_peer, installed_version, peer_env, peer_serve
 from benchmarks.phases import phase_table, run_phases
 from benchmarks.report import LATEST, Row, table
+from orchestrator.runtime.gvisor import REGISTER_HINT, RUNSC
 from orchestrator.runtime.staging import stage_claude
 from orchestrator.stub import StubServer
 
@@ -53,6 +56,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                         "benchmarks/results/latest.json, not with --quick)")
     parser.add_argument("--no-phases", action="store_true",
                         help="skip the per-phase breakdown of warm, cold and cached dispatches")
+    parser.add_argument("--require-runsc", action="store_true",
+                        help="fail when runsc (gVisor) is not registered with the engine "
+                        "(without it, its rows are reported as not measured)")
     args = parser.parse_args(argv)
     if args.rounds is None:
         args.rounds = 1 if args.quick else DEFAULT_ROUNDS
@@ -64,15 +70,24 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 
 async def with_servers(b: Bench, rows: list[Row]) -> None:
-    """Three long-lived `ad-sandbox serve` (warm pool, cold, cache on) and three of the peer
-    (as shipped, stdin fixed, stdin fixed with its cache on), side by side."""
+    """Long-lived `ad-sandbox serve` (warm pool, cold, cache on; warm and cold under runsc
+    when it is registered) and three of the peer (as shipped, stdin fixed, stdin fixed with
+    its cache on), side by side."""
     ws = b.ws
     async with AsyncExitStack() as stack:
-        b.say("starting three `ad-sandbox serve` (warm, cold, cache) and three of the peer")
+        ours = "warm, cold, cache" + ("" if b.runsc_skip else ", warm and cold under runsc")
+        b.say(f"starting `ad-sandbox serve` ({ours}) and three of the peer")
         b.warm = await stack.enter_async_context(
             serve(ws.server_env("warm", warm=1, cache=False), ws.log_file("warm")))
         b.cold = await stack.enter_async_context(
             serve(ws.server_env("cold", warm=0, cache=False), ws.log_file("cold")))
+        if not b.runsc_skip:
+            b.warm_runsc = await stack.enter_async_context(serve(
+                ws.server_env("warm-runsc", warm=1, cache=False, runtime=RUNSC),
+                ws.log_file("warm-runsc")))
+            b.cold_runsc = await stack.enter_async_context(serve(
+                ws.server_env("cold-runsc", warm=0, cache=False, runtime=RUNSC),
+                ws.log_file("cold-runsc")))
         b.cache = await stack.enter_async_context(
             serve(ws.server_env("cache", warm=0, cache=True), ws.log_file("cache")))
         for name, variant, cache in (("shipped", "shipped", False), ("fixed", "fixed", False),
@@ -88,7 +103,8 @@ async def with_servers(b: Bench, rows: list[Row]) -> None:
     rows += await measure_memory(b)
 
 
-ORDER = ("bare", "warm", "cold", "peer_dispatch", "peer_dispatch_shipped", "one_core",
+ORDER = ("bare", "warm", "cold", "warm_runsc", "cold_runsc", "peer_dispatch",
+         "peer_dispatch_shipped", "one_core",
          "cache_hit", "peer_cache_hit", "mcp_floor", "peer_mcp_floor",
          "serve_start", "peer_start", "import_mcp", "peer_import_mcp",
          "fan_out", "peer_fan_out", "host_fan_out",
@@ -129,7 +145,8 @@ def machine(engine: Engine) -> dict[str, Any]:
     except (OSError, ValueError):
         pass
     return {"cpus": os.cpu_count(), "cpu_model": model, "memory_mib": memory,
-            "kernel": platform.release(), "docker": engine.client.version().get("Version")}
+            "kernel": platform.release(), "docker": engine.client.version().get("Version"),
+            "runtimes": sorted(engine.runtimes())}
 
 
 def conditions() -> dict[str, Any]:
@@ -141,10 +158,62 @@ def conditions() -> dict[str, Any]:
             "pytest_processes": len(found.stdout.split())}
 
 
-def versions() -> dict[str, str | None]:
+class Watch:
+    """Samples :func:`conditions` every ``every`` seconds in a thread while the run lasts, so
+    a test suite that starts after ``start`` (the first sample) is seen too."""
+
+    def __init__(self, say: Callable[[str], None], start: dict[str, Any],
+                 every: float = 5.0) -> None:
+        self.say, self.every, self.samples = say, every, 0
+        self.worst: dict[str, Any] = {"load_avg": [0.0, 0.0, 0.0], "pytest_processes": 0}
+        self._seen = bool(start["pytest_processes"])
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="bench-watch", daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every):
+            now = conditions()
+            self.samples += 1
+            if now["pytest_processes"] and not self._seen:
+                self._seen = True
+                self.say(f"note: {now['pytest_processes']} pytest processes started during the "
+                         "run; expect noise")
+            self.worst = {"load_avg": max(self.worst["load_avg"], now["load_avg"]),
+                          "pytest_processes": max(self.worst["pytest_processes"],
+                                                  now["pytest_processes"])}
+
+    def __enter__(self) -> Watch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def summary(self) -> dict[str, Any]:
+        """The busiest sample: highest 1-minute load and most pytest processes seen."""
+        return {**self.worst, "samples": self.samples, "every_s": self.every}
+
+
+def versions(runtimes: dict[str, Any]) -> dict[str, str | None]:
     return {"ad_sandbox": orchestrator.__version__, "claude": orchestrator.CLAUDE_VERSION,
             "agent_dispatch": installed_version(PEER), "python": platform.python_version(),
-            "mcp": importlib.metadata.version("mcp"), "mcp_peer": installed_version("mcp")}
+            "mcp": importlib.metadata.version("mcp"), "mcp_peer": installed_version("mcp"),
+            "runsc": runsc_version(runtimes)}
+
+
+def runsc_version(runtimes: dict[str, Any]) -> str | None:
+    """`runsc --version`'s first line for the engine's runsc (None when it has none)."""
+    path = runtimes.get(RUNSC, {}).get("path")
+    if not path:
+        return None
+    try:
+        done = subprocess.run([path, "--version"], capture_output=True, text=True,
+                              timeout=30, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    lines = done.stdout.splitlines()
+    return lines[0] if lines else None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -159,18 +228,28 @@ def main(argv: list[str] | None = None) -> int:
     before = conditions()
     if before["pytest_processes"]:
         say(f"note: {before['pytest_processes']} pytest processes are running; expect noise")
+    engine = Engine()
+    runtimes = engine.runtimes()
+    skip = runsc_skip(runtimes)
+    if skip and args.require_runsc:
+        say(f"runsc is not registered with the engine and --require-runsc was given. "
+            f"{REGISTER_HINT}")
+        engine.close()
+        return 1
+    say(f"runsc: {skip}" if skip else "runsc is registered: measuring the gVisor rows too")
     claude = stage_claude(orchestrator.CLAUDE_VERSION, say).path
     ensure_peer(say)
-    engine = Engine()
     rows: list[Row] = []
     phases: list[dict[str, Any]] = []
     leftovers: list[str] = []
     failure = ""
-    with tempfile.TemporaryDirectory(prefix="ad-sandbox-bench-") as tmp:
+    with (Watch(say, before) as watch,
+          tempfile.TemporaryDirectory(prefix="ad-sandbox-bench-") as tmp):
         ws = Workspace(Path(tmp))
         stub = StubServer("127.0.0.1", 0).start()
         bench = Bench(ws=ws, engine=engine, claude=claude, stub_url=stub.url,
-                      rounds=args.rounds, say=say, fan_out=5 if args.quick else 10)
+                      rounds=args.rounds, say=say, fan_out=5 if args.quick else 10,
+                      runsc_skip=skip)
         say(f"agents {ws.tag}-*, {args.rounds} rounds, claude {orchestrator.CLAUDE_VERSION}")
         try:
             rows += measure_start(bench)
@@ -202,10 +281,11 @@ def main(argv: list[str] | None = None) -> int:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({
             "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-            "versions": versions(), "machine": info,
-            "conditions": {"start": before, "end": conditions()},
+            "versions": versions(runtimes), "machine": info,
+            "conditions": {"start": before, "during": watch.summary(), "end": conditions()},
             "counts": {"rounds": args.rounds, "fan_out": bench.fan_out,
-                       "max_concurrency": bench.max_concurrency, "quick": args.quick},
+                       "max_concurrency": bench.max_concurrency, "quick": args.quick,
+                       "runsc": skip or "measured"},
             "rounds": args.rounds, "seconds": round(time.monotonic() - began),
             "ok": ok, "failure": failure or None, "leftover_containers": leftovers,
             "rows": [r.to_json() for r in rows], "phases": phases,

@@ -86,3 +86,55 @@ def test_missing_markers_or_results_fail_with_a_message(tmp_path: Path,
         replace_block("# no markers\n", "table")
     assert main(["--json", str(tmp_path / "absent.json")]) == 1
     assert "make bench" in capsys.readouterr().err
+
+
+def test_a_gvisor_row_has_a_ratio_against_runc_and_the_table_shows_it() -> None:
+    row = Row("warm_runsc", "warm dispatch under runsc", [900.0, 1100.0], kind="ratio",
+              reference="bare", reference_value=500.0, runc_value=250.0)
+    assert row.ratio == pytest.approx(2.0) and row.vs_runc == pytest.approx(4.0)
+    assert math.isnan(warm_row().vs_runc)
+    assert Row.from_json(json.loads(json.dumps(row.to_json()))) == row
+    cells = next(line for line in markdown(results([row])).splitlines()
+                 if line.startswith("| warm dispatch under runsc")).split(" | ")
+    assert cells[6:9] == ["2.00x", "-", "4.00x"]  # vs bare, vs peer, vs runc
+
+
+def test_rows_not_measured_say_why_and_pass() -> None:
+    from benchmarks.measures import RUNSC_MISSING, runsc_rows, runsc_skip
+
+    assert runsc_skip({"runc": {"path": "runc"}}) == RUNSC_MISSING
+    assert runsc_skip({"runc": {}, "runsc": {"path": "/usr/bin/runsc"}}) == ""
+    rows = runsc_rows({}, {}, warm_row(), warm_row(), warm_row(), RUNSC_MISSING)
+    assert [r.key for r in rows] == ["warm_runsc", "cold_runsc"]
+    assert all(r.met is None and not r.samples for r in rows)
+    text = markdown(results(rows))
+    assert text.count("(not measured: runsc not registered) | 0 | - |") == 2
+
+
+def test_require_runsc_fails_before_measuring_on_an_engine_without_it(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    import benchmarks.run as run
+
+    class NoRunsc:
+        def runtimes(self) -> dict[str, object]:
+            return {"runc": {"path": "runc"}}
+
+        def close(self) -> None:
+            pass
+
+    def must_not_stage(*args: object) -> None:
+        raise AssertionError("staged claude although runsc is required and missing")
+
+    monkeypatch.setattr(run, "Engine", NoRunsc)
+    monkeypatch.setattr(run, "stage_claude", must_not_stage)
+    assert run.main(["--quick", "--require-runsc"]) == 1
+    assert "runsc is not registered" in capsys.readouterr().err
+
+
+def test_the_block_says_when_other_tests_ran() -> None:
+    data = results([warm_row()])
+    data["conditions"] = {"start": {"pytest_processes": 0}, "during": {"pytest_processes": 2},
+                          "end": {"pytest_processes": 2}}
+    assert "running on the machine during it and at its end; expect noise" in markdown(data)
+    data["conditions"] = {"start": {"pytest_processes": 0}, "during": {"pytest_processes": 0}}
+    assert "expect noise" not in markdown(data)
