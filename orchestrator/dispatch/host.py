@@ -148,6 +148,7 @@ class Host:
             else:
                 live.abandon()
         if self._pool is not None:
+            self._pool.closed = True
             for lease in self.state.containers(state="warm"):
                 if lease.owner_pid == self.pid:
                     await self._pool.release(lease.container_id)

@@ -46,6 +46,9 @@ class WarmPool:
         self.state = state
         self.network = network
         self.owner_pid = os.getpid() if owner_pid is None else owner_pid
+        self.closed = False
+        """Set when the owning process stops: a fill in flight then removes what it made
+        instead of leaving a warm container no live process owns."""
 
     async def acquire(self, agent_name: str, agent: Agent, image: str, owner: Owner,
                       run_id: str, *, lease_s: float) -> str:
@@ -93,18 +96,25 @@ class WarmPool:
         lease = DETACHED_LEASE_S if detached else WARM_LEASE_S
         pid = 0 if detached else self.owner_pid
         for _ in range(max(0, target - len(waiting))):
+            if self.closed and not detached:
+                break
             spec = self._spec(agent_name, agent, image, owner, run_id="", lease_s=lease,
                               owner_pid=pid)
-            try:
-                await self._prepare_volume(agent_name, image, owner)
-                container_id = await anyio.to_thread.run_sync(self.runtime.create, spec)
-            except AdSandboxError as exc:
-                if strict:
-                    raise
-                log.warning("warm pool for %s not filled: %s", agent_name, exc.one_line())
-                break
-            self.state.add_container(container_id, agent=agent_name, owner_pid=pid,
-                                     lease_s=lease, state="warm", image=key)
+            # Shielded: a cancel mid-create must not lose a container the thread still makes.
+            with anyio.CancelScope(shield=True):
+                try:
+                    await self._prepare_volume(agent_name, image, owner)
+                    container_id = await anyio.to_thread.run_sync(self.runtime.create, spec)
+                except AdSandboxError as exc:
+                    if strict:
+                        raise
+                    log.warning("warm pool for %s not filled: %s", agent_name, exc.one_line())
+                    break
+                if self.closed and not detached:  # its process stopped while it started
+                    await anyio.to_thread.run_sync(self.runtime.remove, container_id)
+                    break
+                self.state.add_container(container_id, agent=agent_name, owner_pid=pid,
+                                         lease_s=lease, state="warm", image=key)
             created.append(container_id)
         return created
 

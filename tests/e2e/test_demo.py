@@ -6,6 +6,7 @@ import os
 import subprocess
 from pathlib import Path
 
+import docker
 import pytest
 
 from tests.e2e.test_mcp_clients import AD_SANDBOX
@@ -28,3 +29,13 @@ def test_demo_runs_end_to_end_offline(tmp_path: Path) -> None:
     assert "calc → 'tool result: 3 * 5 = 15'" in out          # and a parallel fan-out
     assert "the MCP calls all succeeded" in out
     assert not (tmp_path / ".config").exists()  # the user's config was never touched
+    # Nothing left running: a warm pool refilled as the server stopped is removed too.
+    engine = docker.from_env()
+    try:
+        mine = [c.name for c in engine.containers.list(
+            all=True, filters={"label": "ad-sandbox.managed=1"})
+            if any(str(m.get("Source", "")).startswith(str(tmp_path))
+                   for m in c.attrs.get("Mounts") or [])]
+    finally:
+        engine.close()
+    assert mine == [], mine
