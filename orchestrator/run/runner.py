@@ -352,9 +352,10 @@ async def watch(
         with anyio.CancelScope(shield=True):
             await anyio.to_thread.run_sync(runtime.kill, container_id)
         raise
+    finally:  # every way out (an engine error too): the file is not left to the collector
+        log_file.close()
     if timed_out:
         await anyio.to_thread.run_sync(runtime.kill, container_id)
-    log_file.close()
     exit_code = exec_result.exit_code if exec_result else None
     oom = bool(exec_result and exec_result.oom_killed)
     if not oom and not timed_out and not live.cancel_requested:
