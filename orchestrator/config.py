@@ -232,7 +232,7 @@ class Agent(_Frozen):
             host = entry.strip().lower().rstrip(".")
             if len(host) > 253 or not re.fullmatch(HOST_PATTERN, host):
                 raise ValueError(f"allow_hosts entry {entry!r} is not a host name (like "
-                                 "pypi.org) or a wildcard domain (like *.github.com)")
+                                 "api.example.org) or a wildcard domain (like *.github.com)")
             hosts.append(host)
         return hosts
 

@@ -39,9 +39,9 @@ def agent(**fields: object) -> Agent:
 
 
 def test_the_policy_names_the_mode_and_only_an_allowlist_names_hosts() -> None:
-    allow = agent(network={"egress": "allowlist"}, allow_hosts=["PyPI.org", "*.github.com"])
-    assert policy_text(allow) == "allowlist\npypi.org\n*.github.com\n"
-    learn = agent(network={"egress": "learn"}, allow_hosts=["pypi.org"])
+    allow = agent(network={"egress": "allowlist"}, allow_hosts=["Api.Example.org", "*.github.com"])
+    assert policy_text(allow) == "allowlist\napi.example.org\n*.github.com\n"
+    learn = agent(network={"egress": "learn"}, allow_hosts=["api.example.org"])
     assert policy_text(learn) == "learn\n"
     assert policy_text(agent(network={"egress": "open"})) == "open\n"
 
@@ -55,7 +55,7 @@ def test_allow_hosts_that_are_not_host_names_are_config_errors(hosts: list[str])
 
 def test_allow_hosts_without_egress_are_a_config_error_not_ignored() -> None:
     with pytest.raises(ValueError, match=r"network\.egress is none"):
-        agent(allow_hosts=["pypi.org"])
+        agent(allow_hosts=["api.example.org"])
 
 
 def test_gateway_only_is_the_old_name_of_none() -> None:
@@ -66,17 +66,17 @@ def test_gateway_only_is_the_old_name_of_none() -> None:
 
 def test_decisions_are_counted_per_host_and_a_handshake_is_not_counted_twice() -> None:
     text = "\n".join([
-        "1.0 allow pypi.org connect",
-        "1.1 allow pypi.org sni",
-        "1.2 allow pypi.org connect",
+        "1.0 allow api.example.org connect",
+        "1.1 allow api.example.org sni",
+        "1.2 allow api.example.org connect",
         "1.3 deny evil.example connect",
         "1.4 deny evil.example http",
         "1.5 deny other.example sni",
-        "1.6 allow files.pythonhosted.org http",
+        "1.6 allow cdn.example.net http",
     ])
     log = parse_decisions(text, "allowlist")
     assert log == EgressLog(mode="allowlist",
-                            allowed={"pypi.org": 2, "files.pythonhosted.org": 1},
+                            allowed={"api.example.org": 2, "cdn.example.net": 1},
                             denied={"evil.example": 2, "other.example": 1})
 
 
@@ -102,8 +102,8 @@ def test_distinct_hosts_are_capped() -> None:
 
 
 def test_a_failed_run_with_denials_is_told_what_to_allow() -> None:
-    hint = denied_hint(EgressLog(mode="allowlist", denied={"pypi.org": 3}))
-    assert hint is not None and "denied egress to pypi.org" in hint and "allow_hosts" in hint
+    hint = denied_hint(EgressLog(mode="allowlist", denied={"api.example.org": 3}))
+    assert hint is not None and "denied egress to api.example.org" in hint and "allow_hosts" in hint
     assert denied_hint(EgressLog(mode="allowlist", allowed={"x.org": 1})) is None
     assert denied_hint(None) is None
 
@@ -196,12 +196,12 @@ def test_a_policy_is_written_per_client_and_its_decisions_read_back() -> None:
     engine, guarded = ProxyEngine(), []
     keep = keeper(engine, guarded)
     proxy = keep.ensure(AGENTS)
-    allow = agent(network={"egress": "allowlist"}, allow_hosts=["pypi.org"])
+    allow = agent(network={"egress": "allowlist"}, allow_hosts=["api.example.org"])
     keep.open(proxy, "172.19.0.5", allow, "c0ffee" * 4)
-    assert engine.files == {"172.19.0.5": "allowlist\npypi.org\n"}
-    engine.decisions["172.19.0.5"] = "1.0 allow pypi.org connect\n1.1 deny x.org http"
+    assert engine.files == {"172.19.0.5": "allowlist\napi.example.org\n"}
+    engine.decisions["172.19.0.5"] = "1.0 allow api.example.org connect\n1.1 deny x.org http"
     log = keep.close(proxy, "172.19.0.5", "allowlist")
-    assert log.allowed == {"pypi.org": 1} and log.denied == {"x.org": 1}
+    assert log.allowed == {"api.example.org": 1} and log.denied == {"x.org": 1}
     assert engine.files == {}
 
 

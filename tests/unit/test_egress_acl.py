@@ -43,13 +43,13 @@ def decisions(state: Path, client: str = CLIENT) -> list[str]:
 
 
 @pytest.mark.parametrize(("host", "allowed"), [
-    ("pypi.org", True), ("PyPI.org.", True), ("files.pypi.org", False),
+    ("api.example.org", True), ("Api.Example.org.", True), ("files.api.example.org", False),
     ("api.github.com", True), ("a.b.github.com", True), ("github.com", False),
     ("xgithub.com", False), ("api.github.com.evil", False), ("evil.com", False),
 ])
 def test_allowlist_matches_exact_names_and_subdomain_patterns(
         state: Path, host: str, allowed: bool) -> None:
-    policy(state, "allowlist\npypi.org\n*.github.com\n")
+    policy(state, "allowlist\napi.example.org\n*.github.com\n")
     (answer,) = ask(state, f"{CLIENT} GET {host} - request")
     assert answer.startswith("OK" if allowed else "ERR")
     verdict = "allow" if allowed else "deny"
@@ -86,12 +86,12 @@ def test_an_allowlist_denies_what_names_no_host(state: Path) -> None:
 
 
 def test_no_policy_or_an_unknown_mode_denies_and_each_edit_applies_at_once(state: Path) -> None:
-    line = f"{CLIENT} GET pypi.org - request"
+    line = f"{CLIENT} GET api.example.org - request"
     assert ask(state, line) == [f'ERR message="ad-sandbox egress policy: no egress allowed for '
                                 f'{CLIENT}"']
     policy(state, "allow-everything\n")
     assert ask(state, line)[0].startswith("ERR")
-    policy(state, "allowlist\npypi.org\n")
+    policy(state, "allowlist\napi.example.org\n")
     assert ask(state, line) == ["OK"]
     policy(state, "allowlist\n")
     assert ask(state, line)[0].startswith("ERR")
@@ -99,5 +99,5 @@ def test_no_policy_or_an_unknown_mode_denies_and_each_edit_applies_at_once(state
 
 def test_a_client_field_that_is_no_address_writes_nowhere(state: Path) -> None:
     policy(state, "open\n")
-    assert ask(state, f"../policy/{CLIENT} GET pypi.org - request")[0].startswith("ERR")
+    assert ask(state, f"../policy/{CLIENT} GET api.example.org - request")[0].startswith("ERR")
     assert list((state / "decisions").iterdir()) == []
